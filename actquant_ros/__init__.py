@@ -1,0 +1,1 @@
+"""actquant_ros — ROS 2 glue (nodes, transport facade) over actquant_core."""
