@@ -1,0 +1,154 @@
+"""GGML quantisation types as the allocator sees them: bits per weight, block sizes, menu, eligibility.
+
+One table for the whole quantizer.  Block geometry (weights per block, bytes per block) comes from
+gguf-py's ``gguf.constants.GGML_QUANT_SIZES`` -- the same numbers GGML asserts beside its block structs
+in ``ggml-common.h`` -- so "actual" bits per weight are ``8 * bytes_per_block / block_size``.  The
+"nominal" bits per weight are the ones quoted in the ActQuant paper (Akbari et al., arXiv 2605.24011,
+Table of candidate types); for every type of the default menu the two agree, and both are reported.
+
+GGML stores a 2-D weight of torch shape ``[rows, cols]`` as ``ne = (cols, rows)``; blocks run along a
+row, so the row length that must be a multiple of the block size is ``cols = shape[-1]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+__all__ = [
+    "NOMINAL_BPW",
+    "DEFAULT_MENU",
+    "FALLBACK_MENU",
+    "HIGH_PRECISION_TYPES",
+    "type_bpw",
+    "nominal_bpw",
+    "type_block",
+    "tensor_nbytes",
+    "row_eligible",
+    "ineligibility_reason",
+    "sort_menu",
+    "validate_type_name",
+]
+
+#: Nominal bits per weight of the ActQuant candidate types (paper table), plus the high-precision
+#: and 32-block fallback types the plan may carry.
+NOMINAL_BPW: dict[str, float] = {
+    "IQ1_S": 1.5625,
+    "IQ1_M": 1.75,
+    "IQ2_XXS": 2.0625,
+    "IQ2_XS": 2.3125,
+    "IQ2_S": 2.5625,
+    "Q2_K": 2.625,
+    "IQ3_XXS": 3.0625,
+    "IQ3_S": 3.4375,
+    "Q3_K": 3.4375,
+    "IQ4_XS": 4.25,
+    "Q4_K": 4.5,
+    "Q5_K": 5.5,
+    "Q6_K": 6.5625,
+    "Q8_0": 8.5,
+    # not in the paper's menu: 32-weight-block fallbacks and unquantised types
+    "Q4_0": 4.5,
+    "Q5_0": 5.5,
+    "IQ4_NL": 4.5,
+    "F16": 16.0,
+    "BF16": 16.0,
+    "F32": 32.0,
+}
+
+#: The paper's candidate menu, cheapest first.
+DEFAULT_MENU: tuple[str, ...] = (
+    "IQ1_S",
+    "IQ1_M",
+    "IQ2_XXS",
+    "IQ2_XS",
+    "IQ2_S",
+    "Q2_K",
+    "IQ3_XXS",
+    "IQ3_S",
+    "Q3_K",
+    "IQ4_XS",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+    "Q8_0",
+)
+
+#: Types with 32-weight blocks that a tensor whose row length is not a multiple of 256 falls back to
+#: (llama.cpp's ``llama-quant.cpp`` does the same kind of substitution and counts it).
+FALLBACK_MENU: tuple[str, ...] = ("Q4_0", "Q5_0", "Q8_0")
+
+#: Unquantised types (block size 1): always eligible.
+HIGH_PRECISION_TYPES: tuple[str, ...] = ("F32", "F16", "BF16")
+
+
+def validate_type_name(type_name: str) -> GGMLQuantizationType:
+    """Return the gguf enum of ``type_name`` or raise ``ValueError`` naming the bad name."""
+    if not isinstance(type_name, str):
+        raise TypeError(f"GGML type name must be a str, got {type(type_name).__name__}: {type_name!r}")
+    try:
+        return GGMLQuantizationType[type_name]
+    except KeyError:
+        raise ValueError(
+            f"unknown GGML type {type_name!r}; known types: {sorted(t.name for t in GGML_QUANT_SIZES)}"
+        ) from None
+
+
+def type_block(type_name: str) -> tuple[int, int]:
+    """``(weights per block, bytes per block)`` of a GGML type, from gguf-py's table."""
+    return GGML_QUANT_SIZES[validate_type_name(type_name)]
+
+
+def type_bpw(type_name: str) -> float:
+    """Actual bits per weight of a GGML type: ``8 * bytes_per_block / weights_per_block``."""
+    block_size, block_bytes = type_block(type_name)
+    return 8.0 * block_bytes / block_size
+
+
+def nominal_bpw(type_name: str) -> float:
+    """Nominal bits per weight (paper table); falls back to the actual bpw for types not listed."""
+    if type_name in NOMINAL_BPW:
+        return NOMINAL_BPW[type_name]
+    return type_bpw(type_name)
+
+
+def tensor_nbytes(type_name: str, shape: Sequence[int]) -> int:
+    """Bytes of a tensor of torch shape ``shape`` stored as ``type_name`` (rows must be eligible)."""
+    block_size, block_bytes = type_block(type_name)
+    n = math.prod(int(s) for s in shape)
+    if not row_eligible(type_name, int(shape[-1]) if len(shape) else 1):
+        raise ValueError(
+            f"{type_name} needs a row length that is a multiple of {block_size}; shape {tuple(shape)} "
+            f"has row length {shape[-1] if len(shape) else 1}"
+        )
+    return n // block_size * block_bytes
+
+
+def row_eligible(type_name: str, row_len: int) -> bool:
+    """True when rows of ``row_len`` weights fit whole blocks of ``type_name``."""
+    block_size, _ = type_block(type_name)
+    return row_len > 0 and row_len % block_size == 0
+
+
+def ineligibility_reason(type_name: str, row_len: int) -> str | None:
+    """``None`` when eligible, else a human-readable reason."""
+    if row_eligible(type_name, row_len):
+        return None
+    block_size, _ = type_block(type_name)
+    return f"row length {row_len} is not a multiple of {type_name}'s block size {block_size}"
+
+
+def sort_menu(menu: Sequence[str]) -> tuple[str, ...]:
+    """Validate a menu and order it by actual bpw (ties broken by name for determinism).
+
+    Raises ``ValueError`` for an empty menu, an unknown type or a duplicate.
+    """
+    if len(menu) == 0:
+        raise ValueError("type menu is empty")
+    if len(set(menu)) != len(menu):
+        raise ValueError(f"type menu has duplicates: {list(menu)}")
+    for t in menu:
+        validate_type_name(t)
+    return tuple(sorted(menu, key=lambda t: (type_bpw(t), t)))
