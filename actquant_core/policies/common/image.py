@@ -1,0 +1,86 @@
+"""Image preprocessing in numpy/OpenCV (no torch), shared by the torch reference and the native runtime.
+
+``resize_with_pad`` follows openpi's ``image_tools.resize_with_pad`` (itself a replica of
+``tf.image.resize_with_pad``): ratio = max(w/W, h/H); the resized size is truncated with ``int``;
+the resized image is pasted at (int((W-w')/2), int((H-h')/2)) on a black canvas.  Interpolation:
+OpenCV bilinear (``INTER_LINEAR``) when enlarging and ``INTER_AREA`` when shrinking, which is close to
+PIL's antialiased bilinear that openpi uses (pixel values may differ by a few levels from PIL;
+geometry is identical).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def resize_with_pad_geometry(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int, int, int]:
+    """(resized_h, resized_w, pad_top, pad_left) of ``resize_with_pad`` for a height x width image."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    ratio = max(width / target_w, height / target_h)
+    rh = max(1, int(height / ratio))
+    rw = max(1, int(width / ratio))
+    pad_top = max(0, int((target_h - rh) / 2))
+    pad_left = max(0, int((target_w - rw) / 2))
+    return rh, rw, pad_top, pad_left
+
+
+def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize an HxWxC uint8 image to height x width keeping the aspect ratio, black-padded, centred.
+
+    Args:
+        image: [h, w, 3] uint8 RGB.
+    Returns:
+        [height, width, 3] uint8.  An image already of the target size is returned unchanged (copy).
+    """
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 image, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got dtype {image.dtype}")
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return image.copy()
+    rh, rw, top, left = resize_with_pad_geometry(h, w, height, width)
+    interp = cv2.INTER_AREA if (rh < h or rw < w) else cv2.INTER_LINEAR
+    resized = cv2.resize(np.ascontiguousarray(image), (rw, rh), interpolation=interp)
+    out = np.zeros((height, width, 3), dtype=np.uint8)
+    out[top : top + rh, left : left + rw] = resized
+    return out
+
+
+def uint8_to_signed_unit(image: np.ndarray) -> np.ndarray:
+    """uint8 [..., H, W, 3] -> float32 [..., 3, H, W] in [-1, 1] (x/255*2-1), channels first."""
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixels, got dtype {image.dtype}")
+    x = image.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+def camera_slots(
+    images: dict[str, np.ndarray], slots: tuple[str, ...], size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Arrange named camera images into fixed model slots.
+
+    Args:
+        images: slot name -> [h, w, 3] uint8 RGB; slots absent from the dict are missing cameras.
+        slots: the model's slot names, in order.
+        size: model image side (square).
+    Returns:
+        pixels [n_slots, 3, size, size] float32 in [-1, 1] (a missing camera is all -1),
+        masks [n_slots] bool (False for a missing camera).
+    Raises:
+        ValueError for an image under a name that is no slot, or when no slot is present.
+    """
+    unknown = sorted(set(images) - set(slots))
+    if unknown:
+        raise ValueError(f"images for unknown camera slots {unknown}; the model's slots are {list(slots)}")
+    if not images:
+        raise ValueError(f"no camera image given; the model's slots are {list(slots)}")
+    pixels = np.full((len(slots), 3, size, size), -1.0, dtype=np.float32)
+    masks = np.zeros((len(slots),), dtype=bool)
+    for k, name in enumerate(slots):
+        if name in images:
+            pixels[k] = uint8_to_signed_unit(resize_with_pad(images[name], size, size))
+            masks[k] = True
+    return pixels, masks
