@@ -1,0 +1,89 @@
+#include "backend.h"
+
+#include <sstream>
+
+#include "errors.h"
+#include "ggml-cpu.h"
+#ifdef ACTQUANT_WITH_CUDA
+#include "ggml-cuda.h"
+#endif
+
+namespace actquant {
+
+backend_params backend_default_params() { return backend_params{}; }
+
+bool backend_has_cuda() {
+#ifdef ACTQUANT_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+}
+
+int backend_cuda_device_count() {
+#ifdef ACTQUANT_WITH_CUDA
+    return ggml_backend_cuda_get_device_count();
+#else
+    return 0;
+#endif
+}
+
+Backend::Backend(const backend_params & params) : n_threads_(params.n_threads) {
+    log_capture_install();
+    if (params.n_threads < 1) {
+        throw Error("n_threads must be >= 1, got " + std::to_string(params.n_threads));
+    }
+    std::ostringstream desc;
+    if (params.device.rfind("cuda", 0) == 0) {
+#ifdef ACTQUANT_WITH_CUDA
+        int dev = 0;
+        if (params.device.size() > 5 && params.device[4] == ':') dev = std::stoi(params.device.substr(5));
+        if (dev < 0 || dev >= ggml_backend_cuda_get_device_count()) {
+            throw Error("device '" + params.device + "': CUDA device not present (" +
+                        std::to_string(ggml_backend_cuda_get_device_count()) + " found)");
+        }
+        ggml_backend_t gpu = ggml_backend_cuda_init(dev);
+        if (gpu == nullptr) throw Error("device '" + params.device + "': ggml_backend_cuda_init failed");
+        backends_.push_back(gpu);
+        desc << "CUDA" << dev << "+";
+#else
+        throw Error("device '" + params.device + "' requested but this build has no CUDA backend "
+                    "(rebuild with -DGGML_CUDA=ON)");
+#endif
+    } else if (params.device != "cpu") {
+        throw Error("unknown device '" + params.device + "'; expected 'cpu', 'cuda' or 'cuda:N'");
+    }
+    cpu_ = ggml_backend_cpu_init();
+    if (cpu_ == nullptr) throw Error("ggml_backend_cpu_init failed");
+    ggml_backend_cpu_set_n_threads(cpu_, params.n_threads);
+    backends_.push_back(cpu_);
+    desc << "CPU(" << params.n_threads << " threads)";
+    description_ = desc.str();
+}
+
+Backend::~Backend() {
+    if (sched_) ggml_backend_sched_free(sched_);
+    for (auto b : backends_) ggml_backend_free(b);
+}
+
+void Backend::alloc(ggml_cgraph * graph, size_t graph_size) {
+    if (sched_ == nullptr || sched_graph_size_ < graph_size) {
+        if (sched_) ggml_backend_sched_free(sched_);
+        sched_graph_size_ = graph_size;
+        sched_ = ggml_backend_sched_new(backends_.data(), nullptr, (int) backends_.size(), graph_size, false, true);
+        if (sched_ == nullptr) throw Error("ggml_backend_sched_new failed");
+    }
+    ggml_backend_sched_reset(sched_);
+    if (!ggml_backend_sched_alloc_graph(sched_, graph)) {
+        throw Error("could not allocate the compute graph on " + description_ + ": " + log_capture_take());
+    }
+}
+
+void Backend::run(ggml_cgraph * graph) {
+    const ggml_status st = ggml_backend_sched_graph_compute(sched_, graph);
+    if (st != GGML_STATUS_SUCCESS) {
+        throw Error("graph compute failed on " + description_ + " (status " + std::to_string((int) st) + ")");
+    }
+}
+
+}  // namespace actquant

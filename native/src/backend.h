@@ -1,0 +1,52 @@
+// backend.h — the compute backends a model runs on: CPU always, CUDA when built with GGML_CUDA and asked for.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "ggml-backend.h"
+#include "ggml.h"
+
+namespace actquant {
+
+struct backend_params {
+    int n_threads = 2;      // CPU threads
+    std::string device = "cpu";  // "cpu" | "cuda" | "cuda:N"
+};
+
+backend_params backend_default_params();
+
+// Owns the backends and one scheduler over them ([GPU, CPU] or [CPU]).
+class Backend {
+public:
+    explicit Backend(const backend_params & params);
+    ~Backend();
+    Backend(const Backend &) = delete;
+    Backend & operator=(const Backend &) = delete;
+
+    ggml_backend_t primary() const { return backends_.front(); }  // where weights live
+    ggml_backend_t cpu() const { return cpu_; }
+    bool is_gpu() const { return backends_.size() > 1; }
+    const std::string & description() const { return description_; }
+    int n_threads() const { return n_threads_; }
+
+    // Phase 2: allocates every tensor of graph that has no buffer yet (inputs, intermediates).
+    // Graph nodes must come from a no-alloc context. Set input data after this, then run().
+    void alloc(ggml_cgraph * graph, size_t graph_size);
+    // Phase 3: computes an allocated graph.
+    void run(ggml_cgraph * graph);
+
+private:
+    std::vector<ggml_backend_t> backends_;
+    ggml_backend_t cpu_ = nullptr;
+    ggml_backend_sched_t sched_ = nullptr;
+    size_t sched_graph_size_ = 0;
+    std::string description_;
+    int n_threads_ = 1;
+};
+
+// Whether this build has the CUDA backend and how many devices it sees.
+bool backend_has_cuda();
+int backend_cuda_device_count();
+
+}  // namespace actquant

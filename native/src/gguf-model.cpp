@@ -1,0 +1,186 @@
+#include "gguf-model.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <sstream>
+
+#include "errors.h"
+
+namespace actquant {
+
+namespace {
+std::string shape_str(const std::vector<int64_t> & s) {
+    std::ostringstream o;
+    o << '[';
+    for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+    o << ']';
+    return o.str();
+}
+
+std::vector<int64_t> numpy_shape_of(const ggml_tensor * t) {
+    std::vector<int64_t> s;
+    const int nd = ggml_n_dims(t);
+    for (int i = nd - 1; i >= 0; --i) s.push_back(t->ne[i]);
+    return s;
+}
+}  // namespace
+
+void GgufModel::fail(const std::string & what) const { throw FileError("GGUF '" + path_ + "': " + what); }
+
+GgufModel::GgufModel(const std::string & path, Backend * backend) : path_(path) {
+    log_capture_install();
+    fd_ = ::open(path.c_str(), O_RDONLY);
+    if (fd_ < 0) fail(std::string("cannot open: ") + std::strerror(errno));
+    struct stat st {};
+    if (fstat(fd_, &st) != 0) fail(std::string("cannot stat: ") + std::strerror(errno));
+    size_ = (size_t) st.st_size;
+    if (size_ < 24) fail("file is too small to be GGUF (" + std::to_string(size_) + " bytes)");
+    map_ = (uint8_t *) mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd_, 0);
+    if (map_ == MAP_FAILED) {
+        map_ = nullptr;
+        fail(std::string("mmap failed: ") + std::strerror(errno));
+    }
+    if (std::memcmp(map_, "GGUF", 4) != 0) {
+        char got[5] = {0};
+        for (int i = 0; i < 4; ++i) got[i] = (map_[i] >= 32 && map_[i] < 127) ? (char) map_[i] : '?';
+        fail(std::string("bad magic '") + got + "' (expected 'GGUF')");
+    }
+    uint32_t version = 0;
+    std::memcpy(&version, map_ + 4, 4);
+    if (version < 2 || version > 3) fail("unsupported GGUF version " + std::to_string(version) + " (supported: 2, 3)");
+
+    log_capture_take();
+    gguf_init_params params{/*no_alloc=*/true, /*ctx=*/&ctx_};
+    gguf_ = gguf_init_from_buffer(map_, size_, params);
+    if (gguf_ == nullptr) {
+        const std::string why = log_capture_take();
+        fail("corrupt or truncated header" + (why.empty() ? std::string() : ": " + why));
+    }
+
+    const size_t data_off = gguf_get_data_offset(gguf_);
+    const int64_t n = gguf_get_n_tensors(gguf_);
+    for (int64_t i = 0; i < n; ++i) {
+        const char * name = gguf_get_tensor_name(gguf_, i);
+        ggml_tensor * t = ggml_get_tensor(ctx_, name);
+        if (t == nullptr) fail(std::string("tensor '") + name + "' missing from the ggml context");
+        const size_t off = data_off + gguf_get_tensor_offset(gguf_, i);
+        const size_t nb = ggml_nbytes(t);
+        if (gguf_get_tensor_size(gguf_, i) != nb) {
+            fail(std::string("tensor '") + name + "': size " + std::to_string(gguf_get_tensor_size(gguf_, i)) +
+                 " does not match its type " + ggml_type_name(t->type) + " and shape " +
+                 shape_str(numpy_shape_of(t)) + " (" + std::to_string(nb) + " bytes)");
+        }
+        if (off > size_ || nb > size_ - off) {
+            fail(std::string("truncated: tensor '") + name + "' needs bytes [" + std::to_string(off) + ", " +
+                 std::to_string(off + nb) + ") but the file has " + std::to_string(size_) + " bytes");
+        }
+        by_name_[name] = t;
+        weights_nbytes_ += nb;
+    }
+
+    if (backend == nullptr || n == 0) return;
+    if (!backend->is_gpu()) {
+        // Zero copy: a CPU buffer over the whole mapping, each tensor pointing at its bytes.
+        buffer_ = ggml_backend_cpu_buffer_from_ptr(map_, size_);
+        if (buffer_ == nullptr) fail("could not wrap the mapping in a CPU buffer");
+        ggml_backend_buffer_set_usage(buffer_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+        for (int64_t i = 0; i < n; ++i) {
+            ggml_tensor * t = by_name_[gguf_get_tensor_name(gguf_, i)];
+            void * addr = map_ + data_off + gguf_get_tensor_offset(gguf_, i);
+            if (ggml_backend_tensor_alloc(buffer_, t, addr) != GGML_STATUS_SUCCESS) {
+                fail(std::string("could not place tensor '") + t->name + "'");
+            }
+        }
+    } else {
+        buffer_ = ggml_backend_alloc_ctx_tensors(ctx_, backend->primary());
+        if (buffer_ == nullptr) fail("could not allocate weights on " + backend->description());
+        ggml_backend_buffer_set_usage(buffer_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+        for (int64_t i = 0; i < n; ++i) {
+            ggml_tensor * t = by_name_[gguf_get_tensor_name(gguf_, i)];
+            ggml_backend_tensor_set(t, map_ + data_off + gguf_get_tensor_offset(gguf_, i), 0, ggml_nbytes(t));
+        }
+    }
+}
+
+GgufModel::~GgufModel() {
+    if (buffer_) ggml_backend_buffer_free(buffer_);
+    if (ctx_) ggml_free(ctx_);
+    if (gguf_) gguf_free(gguf_);
+    if (map_) munmap(map_, size_);
+    if (fd_ >= 0) ::close(fd_);
+}
+
+std::vector<std::string> GgufModel::tensor_names() const {
+    std::vector<std::string> out;
+    const int64_t n = gguf_get_n_tensors(gguf_);
+    for (int64_t i = 0; i < n; ++i) out.emplace_back(gguf_get_tensor_name(gguf_, i));
+    return out;
+}
+
+ggml_tensor * GgufModel::find(const std::string & name) const {
+    auto it = by_name_.find(name);
+    return it == by_name_.end() ? nullptr : it->second;
+}
+
+ggml_tensor * GgufModel::get(const std::string & name) const {
+    ggml_tensor * t = find(name);
+    if (t == nullptr) fail("missing tensor '" + name + "'");
+    return t;
+}
+
+ggml_tensor * GgufModel::get(const std::string & name, const std::vector<int64_t> & numpy_shape) const {
+    ggml_tensor * t = get(name);
+    const auto got = numpy_shape_of(t);
+    bool ok = got.size() == numpy_shape.size();
+    for (size_t i = 0; ok && i < got.size(); ++i) ok = got[i] == numpy_shape[i];
+    if (!ok) fail("tensor '" + name + "' has shape " + shape_str(got) + ", expected " + shape_str(numpy_shape));
+    return t;
+}
+
+const uint8_t * GgufModel::host_data(const std::string & name) const {
+    const int64_t id = gguf_find_tensor(gguf_, name.c_str());
+    if (id < 0) fail("missing tensor '" + name + "'");
+    return map_ + gguf_get_data_offset(gguf_) + gguf_get_tensor_offset(gguf_, id);
+}
+
+bool GgufModel::has_key(const std::string & key) const { return gguf_find_key(gguf_, key.c_str()) >= 0; }
+
+std::string GgufModel::get_str(const std::string & key) const {
+    const int64_t id = gguf_find_key(gguf_, key.c_str());
+    if (id < 0) fail("missing metadata key '" + key + "'");
+    if (gguf_get_kv_type(gguf_, id) != GGUF_TYPE_STRING) fail("metadata key '" + key + "' is not a string");
+    return gguf_get_val_str(gguf_, id);
+}
+
+std::vector<uint8_t> GgufModel::get_bytes(const std::string & key) const {
+    const int64_t id = gguf_find_key(gguf_, key.c_str());
+    if (id < 0) fail("missing metadata key '" + key + "'");
+    if (gguf_get_kv_type(gguf_, id) != GGUF_TYPE_ARRAY ||
+        (gguf_get_arr_type(gguf_, id) != GGUF_TYPE_UINT8 && gguf_get_arr_type(gguf_, id) != GGUF_TYPE_INT8)) {
+        fail("metadata key '" + key + "' is not a byte array");
+    }
+    const auto * p = (const uint8_t *) gguf_get_arr_data(gguf_, id);
+    return std::vector<uint8_t>(p, p + gguf_get_arr_n(gguf_, id));
+}
+
+int64_t GgufModel::get_int(const std::string & key) const {
+    const int64_t id = gguf_find_key(gguf_, key.c_str());
+    if (id < 0) fail("missing metadata key '" + key + "'");
+    switch (gguf_get_kv_type(gguf_, id)) {
+        case GGUF_TYPE_UINT8: return gguf_get_val_u8(gguf_, id);
+        case GGUF_TYPE_INT8: return gguf_get_val_i8(gguf_, id);
+        case GGUF_TYPE_UINT16: return gguf_get_val_u16(gguf_, id);
+        case GGUF_TYPE_INT16: return gguf_get_val_i16(gguf_, id);
+        case GGUF_TYPE_UINT32: return gguf_get_val_u32(gguf_, id);
+        case GGUF_TYPE_INT32: return gguf_get_val_i32(gguf_, id);
+        case GGUF_TYPE_UINT64: return (int64_t) gguf_get_val_u64(gguf_, id);
+        case GGUF_TYPE_INT64: return gguf_get_val_i64(gguf_, id);
+        default: fail("metadata key '" + key + "' is not an integer");
+    }
+}
+
+}  // namespace actquant
