@@ -1,0 +1,157 @@
+"""Plants behind the UR controller simulator.
+
+The controller (``controller.py``) owns the trajectory generation — servoj / speedj / movej / stops with
+the model's limits, see ``motion.py`` — exactly once, for every backend.  A backend is only the *plant*:
+each cycle it receives the commanded joint state and advances by one controller period, and it reports
+the measured joint state.  That keeps the real controller's split (trajectory generator -> joint servos)
+and lets the kinematic and MuJoCo arms behave identically at the RTDE level except for tracking error.
+
+- ``KinematicBackend``: pure numpy, perfect tracking (actual = commanded).
+- ``MujocoBackend``: the MuJoCo UR3 world (``actquant_core.sim.world.UR3World``) tracks the command with
+  its position actuators, physics stepped by one controller period per cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from actquant_core.sim.ursim.config import N_JOINTS, UrSimConfig
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class JointBackend(Protocol):
+    """What the controller needs from an arm plant.
+
+    Attributes (read each cycle):
+        q: measured joint positions [6] (rad).
+        qd: measured joint velocities [6] (rad/s).
+        gripper: gripper opening in [0, 1] (1 = open), NaN when there is none.
+    """
+
+    @property
+    def q(self) -> np.ndarray: ...
+
+    @property
+    def qd(self) -> np.ndarray: ...
+
+    @property
+    def gripper(self) -> float: ...
+
+    def reset(self, q: np.ndarray) -> None:
+        """Place the arm at q [6] at rest."""
+        ...
+
+    def apply(self, q_cmd: np.ndarray, qd_cmd: np.ndarray, dt: float) -> None:
+        """Track the commanded joint state (q_cmd [6], qd_cmd [6]) and advance the plant by dt seconds."""
+        ...
+
+    def set_gripper(self, open_fraction: float) -> None:
+        """Command the gripper: 0 closed .. 1 open."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class KinematicBackend:
+    """Perfect tracking: the measured state is the commanded state; the gripper moves instantly."""
+
+    def __init__(self, q0: np.ndarray) -> None:
+        self._q = np.asarray(q0, dtype=float).copy()
+        self._qd = np.zeros(N_JOINTS)
+        self._gripper = 1.0
+
+    @property
+    def q(self) -> np.ndarray:
+        return self._q
+
+    @property
+    def qd(self) -> np.ndarray:
+        return self._qd
+
+    @property
+    def gripper(self) -> float:
+        return self._gripper
+
+    def reset(self, q: np.ndarray) -> None:
+        self._q = np.asarray(q, dtype=float).copy()
+        self._qd = np.zeros(N_JOINTS)
+
+    def apply(self, q_cmd: np.ndarray, qd_cmd: np.ndarray, dt: float) -> None:
+        del dt
+        self._q = np.asarray(q_cmd, dtype=float).copy()
+        self._qd = np.asarray(qd_cmd, dtype=float).copy()
+
+    def set_gripper(self, open_fraction: float) -> None:
+        self._gripper = float(np.clip(open_fraction, 0.0, 1.0))
+
+    def close(self) -> None:
+        pass
+
+
+class MujocoBackend:
+    """Adapter over ``actquant_core.sim.world.UR3World``.
+
+    Used API of the world: ``UR3World(model=..., task=..., seed=...)``, ``reset()``, ``q`` [6], ``qd`` [6],
+    ``set_joint_target(q)``, ``set_gripper(open_fraction)``, ``step(dt)``, ``close()``; optionally
+    ``set_arm_q(q)`` (teleport) and ``gripper`` (opening 0..1).  The world is imported lazily so the
+    kinematic backend never loads MuJoCo.
+    """
+
+    def __init__(self, cfg: UrSimConfig) -> None:
+        try:
+            from actquant_core.sim.world import UR3World  # noqa: PLC0415 (lazy: MuJoCo only when asked)
+        except ImportError as e:
+            raise RuntimeError(
+                "backend 'mujoco' needs actquant_core.sim.world.UR3World, which could not be imported: "
+                f"{e}; use --backend kinematic"
+            ) from e
+        self._world = UR3World(model=cfg.model, task=cfg.task, seed=cfg.seed)
+        self._world.reset()
+        self._gripper_cmd = 1.0
+        self.reset(np.asarray(cfg.initial_q, dtype=float))
+
+    @property
+    def q(self) -> np.ndarray:
+        return np.asarray(self._world.q, dtype=float)[:N_JOINTS]
+
+    @property
+    def qd(self) -> np.ndarray:
+        return np.asarray(self._world.qd, dtype=float)[:N_JOINTS]
+
+    @property
+    def gripper(self) -> float:
+        value = getattr(self._world, "gripper", None)
+        return float(value) if value is not None else self._gripper_cmd
+
+    def reset(self, q: np.ndarray) -> None:
+        q = np.asarray(q, dtype=float)
+        setter = getattr(self._world, "set_arm_q", None)
+        if setter is not None:
+            setter(q)
+        self._world.set_joint_target(q)
+
+    def apply(self, q_cmd: np.ndarray, qd_cmd: np.ndarray, dt: float) -> None:
+        del qd_cmd
+        self._world.set_joint_target(np.asarray(q_cmd, dtype=float))
+        self._world.step(dt)
+
+    def set_gripper(self, open_fraction: float) -> None:
+        self._gripper_cmd = float(np.clip(open_fraction, 0.0, 1.0))
+        self._world.set_gripper(self._gripper_cmd)
+
+    def close(self) -> None:
+        self._world.close()
+
+
+def make_backend(cfg: UrSimConfig) -> JointBackend:
+    """The backend named by ``cfg.backend``."""
+    if cfg.backend == "kinematic":
+        return KinematicBackend(np.asarray(cfg.initial_q, dtype=float))
+    if cfg.backend == "mujoco":
+        return MujocoBackend(cfg)
+    raise ValueError(f"unknown backend {cfg.backend!r}")
