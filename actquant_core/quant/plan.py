@@ -29,7 +29,7 @@ import yaml
 
 from .types import nominal_bpw, tensor_nbytes, type_bpw, validate_type_name
 
-__all__ = ["PLAN_FORMAT_VERSION", "IMPORTANCE_KINDS", "PlanEntry", "QuantPlan", "PlanDiff", "diff_plans"]
+__all__ = ["PLAN_FORMAT_VERSION", "IMPORTANCE_KINDS", "PlanEntry", "QuantPlan", "PlanDiff", "diff_plans", "quantize_with_plan"]
 
 PLAN_FORMAT_VERSION = 1
 #: What the quantizer uses as importance for a tensor: nothing (RTN-style), per-column activation
@@ -318,3 +318,47 @@ def diff_plans(a: QuantPlan, b: QuantPlan) -> PlanDiff:
         bpw_backbone=(a.bpw_backbone, b.bpw_backbone),
         bpw_whole=(a.bpw_whole, b.bpw_whole),
     )
+
+
+def quantize_with_plan(
+    plan: QuantPlan,
+    weights: Mapping[str, Any],
+    quantize: Any,
+    *,
+    activation_importance: Mapping[str, Any] | None = None,
+    fisher: Mapping[str, Any] | None = None,
+) -> dict[str, tuple[str, bytes]]:
+    """Quantise every plan entry: name -> (GGML type, bytes); the model is not modified.
+
+    Args:
+        plan: the plan to apply.
+        weights: name -> float array ``shape`` (numpy or torch on CPU).
+        quantize: ``quantize(W [rows, cols] f32, type_name, importance) -> bytes``, normally
+            ``actquant_core.native.quantize``.
+        activation_importance: name -> ``[cols]`` for entries with importance "activation".
+        fisher: name -> ``[rows, cols]`` for entries with importance "fisher".
+    Raises ``KeyError`` when a weight or a required importance is missing, ``ValueError`` on a shape
+    mismatch.
+    """
+    import numpy as np
+
+    out: dict[str, tuple[str, bytes]] = {}
+    for e in plan.entries:
+        if e.name not in weights:
+            raise KeyError(f"plan tensor {e.name!r} has no weight")
+        W = weights[e.name]
+        W = np.asarray(W.detach().float().cpu().numpy() if hasattr(W, "detach") else W, dtype=np.float32)
+        if tuple(W.shape) != e.shape:
+            raise ValueError(f"{e.name}: weight shape {tuple(W.shape)} != plan shape {e.shape}")
+        W2 = W.reshape(-1, e.shape[-1]) if W.ndim != 2 else W
+        imp = None
+        if e.importance != "none":
+            src = activation_importance if e.importance == "activation" else fisher
+            if src is None or e.name not in src:
+                raise KeyError(f"{e.name}: plan asks for {e.importance!r} importance but none was given")
+            v = src[e.name]
+            imp = np.asarray(v.detach().float().cpu().numpy() if hasattr(v, "detach") else v, dtype=np.float32)
+            if e.importance == "fisher":
+                imp = imp.reshape(W2.shape)
+        out[e.name] = (e.ggml_type, quantize(W2, e.ggml_type, imp))
+    return out

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from ..gguf import bpw as _bpw
+
 __all__ = [
     "NOMINAL_BPW",
     "DEFAULT_MENU",
@@ -98,13 +100,17 @@ def validate_type_name(type_name: str) -> GGMLQuantizationType:
 
 def type_block(type_name: str) -> tuple[int, int]:
     """``(weights per block, bytes per block)`` of a GGML type, from gguf-py's table."""
-    return GGML_QUANT_SIZES[validate_type_name(type_name)]
+    validate_type_name(type_name)
+    return _bpw.block_layout(type_name)
 
 
 def type_bpw(type_name: str) -> float:
-    """Actual bits per weight of a GGML type: ``8 * bytes_per_block / weights_per_block``."""
-    block_size, block_bytes = type_block(type_name)
-    return 8.0 * block_bytes / block_size
+    """Actual bits per weight of a GGML type: ``8 * bytes_per_block / weights_per_block``.
+
+    Delegates to the project's single accounting function :func:`actquant_core.gguf.bpw.type_bpw`.
+    """
+    validate_type_name(type_name)
+    return _bpw.type_bpw(type_name)
 
 
 def nominal_bpw(type_name: str) -> float:

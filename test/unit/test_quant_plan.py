@@ -89,3 +89,30 @@ def test_entry_validation(tmp_path):
     p.write_text(yaml.safe_dump({"format_version": 99, "method": "m", "tensors": []}))
     with pytest.raises(ValueError, match="format_version"):
         QuantPlan.load(p)
+
+
+def test_quantize_with_plan_passes_the_right_importance():
+    import numpy as np
+
+    from actquant_core.quant.plan import quantize_with_plan
+
+    plan, _ = _plan()
+    plan = QuantPlan(plan.method, tuple(
+        PlanEntry(e.name, e.shape, e.ggml_type, e.bits, e.score, e.reason, e.role,
+                  "activation" if e.name == "blk.0.k" else e.importance) for e in plan.entries))
+    rng = np.random.default_rng(0)
+    weights = {e.name: rng.standard_normal(e.shape).astype(np.float32) for e in plan.entries}
+    fisher = {e.name: np.abs(rng.standard_normal(e.shape)) for e in plan.entries if e.importance == "fisher"}
+    act = {"blk.0.k": np.ones(512)}
+    seen = {}
+
+    def fake(W, t, imp):
+        seen[t, W.shape] = None if imp is None else imp.shape
+        return W.astype(np.float16).tobytes()
+
+    out = quantize_with_plan(plan, weights, fake, activation_importance=act, fisher=fisher)
+    assert {n: t for n, (t, _) in out.items()} == plan.type_map()
+    assert seen[plan.type_map()["blk.0.q"], (256, 512)] == (256, 512)  # per-element Fisher
+    assert seen[plan.type_map()["blk.0.k"], (128, 512)] == (512,)  # per-column activation
+    with pytest.raises(KeyError, match="importance"):
+        quantize_with_plan(plan, weights, fake, activation_importance=act)
