@@ -79,8 +79,10 @@ DEFAULT_MENU: tuple[str, ...] = (
 )
 
 #: Types with 32-weight blocks that a tensor whose row length is not a multiple of 256 falls back to
-#: (llama.cpp's ``llama-quant.cpp`` does the same kind of substitution and counts it).
-FALLBACK_MENU: tuple[str, ...] = ("Q4_0", "Q5_0", "Q8_0")
+#: (llama.cpp's ``llama-quant.cpp`` does the same kind of substitution and counts it).  Only Q8_0 by
+#: default because the native module quantizes Q8_0 but not (yet) Q4_0 / Q5_0 / IQ4_NL; pass
+#: ``AllocConfig(fallback_menu=("Q4_0", "Q5_0", "Q8_0"))`` once it does.
+FALLBACK_MENU: tuple[str, ...] = ("Q8_0",)
 
 #: Unquantised types (block size 1): always eligible.
 HIGH_PRECISION_TYPES: tuple[str, ...] = ("F32", "F16", "BF16")

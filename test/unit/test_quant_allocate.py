@@ -112,7 +112,8 @@ def test_eligibility_table_and_fallbacks():
     assert rows["token_embd"].candidates == ("Q8_0",)
     assert rows["expert.w"].candidates == ("F16",)
     # menu without any 32-block type: the fallback menu applies
-    rows2 = {r.name: r for r in eligibility_table(tensors, AllocConfig(budget_bpw=4.5, menu=("Q2_K", "Q4_K")))}
+    rows2 = {r.name: r for r in eligibility_table(
+        tensors, AllocConfig(budget_bpw=4.5, menu=("Q2_K", "Q4_K"), fallback_menu=("Q4_0", "Q5_0", "Q8_0")))}
     assert rows2["blk.0.odd32"].candidates == ("Q4_0", "Q5_0", "Q8_0")
     assert "fallback menu" in rows2["blk.0.odd32"].reason
 

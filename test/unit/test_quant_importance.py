@@ -92,12 +92,13 @@ def test_fixed_type_baselines_and_fallback():
                TensorSpec("n", (512,), role="norm")]
     for fn, method, imp in ((plan_uniform, "rtn", "none"), (plan_imatrix, "imatrix", "activation"),
                             (plan_fisher_only, "fisher-only", "fisher")):
-        p = fn(tensors, "Q3_K")
+        p = fn(tensors, "Q3_K", AllocConfig(budget_bpw=8.5, fallback_menu=("Q4_0", "Q5_0", "Q8_0")))
         assert p.method == method
         tm = p.type_map()
         assert tm["a"] == "Q3_K" and tm["n"] == "F32"
         assert tm["odd"] == "Q4_0" and type_bpw(tm["odd"]) >= type_bpw("Q3_K")  # compatible fallback
         assert p.importance_map()["a"] == imp and p.importance_map()["n"] == "none"
+    assert plan_uniform(tensors, "Q3_K").type_map()["odd"] == "Q8_0"  # default fallback menu
 
 
 def test_hsic_only_equals_allocation():
