@@ -392,6 +392,8 @@ class ControlLoop:
             else:
                 log.warning("use_arm_pacing set but %s has no start_period/wait_period; using the clock",
                             type(self.arm).__name__)
+        with self._lock:
+            self._last_tick_start = None  # periods are measured within one run
         try:
             t_start = self.clock.now()
             next_t = t_start

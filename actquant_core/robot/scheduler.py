@@ -23,7 +23,10 @@ Execution horizon ``E``: each chunk is meant to run for ``E`` actions, i.e. unti
 ``t_exec_end = t0 + E dt_p``; ``needs_new_chunk(now)`` turns true at
 ``t_exec_end - W - latency_estimate - request_margin_s`` so that the next chunk (and its blend)
 is in place by then.  The latency estimate is the largest of the last ``latency_window`` measured
-latencies (``initial_latency_s`` before the first).  When the next chunk is late the scheduler keeps
+latencies, with ``initial_latency_s`` counted as one of them until it ages out.  With one inference in
+flight at a time, staying inside the execution horizon needs ``E dt_p >= 2 L_max + W + margin`` in
+``rtc`` mode (a chunk starts executing at ``obs + L`` and its successor cannot be observed earlier);
+shorter horizons run into the remainder, which is fine as long as ``H dt_p`` covers it.  When the next chunk is late the scheduler keeps
 following the current chunk's remainder (``use_remainder``, counted as late ticks); when that runs
 out too it holds the last target and counts a stall.
 
@@ -244,7 +247,9 @@ class ChunkScheduler:
         self.config = config or SchedulerConfig()
         self.stats = SchedulerStats(latency_estimate_s=self.config.initial_latency_s)
         self._lock = threading.Lock()
-        self._latencies: collections.deque[float] = collections.deque(maxlen=self.config.latency_window)
+        # seeded with the prior, which ages out after latency_window measurements
+        self._latencies: collections.deque[float] = collections.deque(
+            [self.config.initial_latency_s], maxlen=self.config.latency_window)
         self._traj: _Traj | None = None
         self._newest: _Chunk | None = None
         self._blend_active = False
@@ -266,7 +271,7 @@ class ChunkScheduler:
             return self._latency_estimate()
 
     def _latency_estimate(self) -> float:
-        return max(self._latencies) if self._latencies else self.config.initial_latency_s
+        return max(self._latencies)
 
     def exec_end_time(self) -> float | None:
         """Time at which the newest chunk's execution horizon ends (None without a chunk)."""
