@@ -13,6 +13,7 @@ from actquant_core.data.rosbag_io import (
     TopicMap,
     bag_topics,
     image_to_rgb,
+    iter_bag_raw,
     read_bag,
     rgb_to_image_fields,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "TopicMap",
     "bag_topics",
     "image_to_rgb",
+    "iter_bag_raw",
     "read_bag",
     "rgb_to_image_fields",
 ]

@@ -43,6 +43,7 @@ __all__ = [
     "BagMessage",
     "BagWriter",
     "read_bag",
+    "iter_bag_raw",
     "bag_topics",
     "image_to_rgb",
     "rgb_to_image_fields",
@@ -340,6 +341,30 @@ def read_bag(
         for conn, t_ns, raw in reader.messages(connections=conns, start=start_ns, stop=stop_ns):
             msg = reader.deserialize(raw, conn.msgtype)
             yield _to_record(topic_map, conn.topic, conn.msgtype, int(t_ns), msg)
+
+
+def iter_bag_raw(
+    path: str | Path,
+    topics: Sequence[str] | None = None,
+    start_ns: int | None = None,
+    stop_ns: int | None = None,
+) -> Iterator[tuple[str, str, int, bytes]]:
+    """Yield ``(topic, ROS type, bag time ns, CDR bytes)`` in bag-time order, without deserialising.
+
+    The bytes are the ROS 2 wire format (encapsulation header included), so they can be republished
+    unchanged (``DdsPublisher.publish_cdr``).  ``topics`` = None reads every topic.
+    """
+    from rosbags.highlevel import AnyReader
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"bag {str(path)!r} does not exist")
+    with AnyReader([path], default_typestore=_typestore()) as reader:
+        conns = [c for c in reader.connections if topics is None or c.topic in topics]
+        if not conns:
+            return
+        for conn, t_ns, raw in reader.messages(connections=conns, start=start_ns, stop=stop_ns):
+            yield conn.topic, conn.msgtype, int(t_ns), bytes(raw)
 
 
 def _to_record(topic_map: TopicMap, topic: str, msgtype: str, t_ns: int, msg: Any) -> BagMessage:
