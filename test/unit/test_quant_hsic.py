@@ -213,3 +213,20 @@ def test_torch_inputs_accepted(rng):
     acc = HsicAccumulator(HsicConfig(device="cpu"))
     acc.add_batch(X, X[:, :2], {"t": (X, 2 * X)})
     assert acc.solve().n == n
+
+
+@pytest.mark.gpu
+def test_gpu_float32_blocks_match_cpu_float64():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    rng = np.random.default_rng(5)
+    n = 4000
+    X = rng.standard_normal((n, 64)).astype(np.float32) + 5.0
+    Z = np.tanh(X @ rng.standard_normal((64, 32)).astype(np.float32) / 8)
+    Y = X[:, :7] + 0.1 * rng.standard_normal((n, 7)).astype(np.float32)
+    kx, kz, ky = GaussianKernel(median_sigma2(X)), GaussianKernel(median_sigma2(Z)), LinearKernel()
+    pairs = [(0, 1), (1, 2), (1, 1)]
+    ref = centred_traces([X, Z, Y], [kx, kz, ky], pairs, block_size=1000, device="cpu")
+    got = centred_traces([X, Z, Y], [kx, kz, ky], pairs, block_size=1024, device="cuda", dtype=torch.float32)
+    for p in pairs:
+        assert got[p] == pytest.approx(ref[p], rel=1e-4)
