@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dashboard-port", type=int, default=C.RTDE_DASHBOARD_PORT)
     p.add_argument("--script-port", type=int, default=C.RTDE_SCRIPT_PORT)
     p.add_argument("--ready-file", type=Path, default=None, help="file written with the READY line once serving")
+    p.add_argument("--exit-with-parent", action="store_true",
+                   help="shut down when the parent process dies (used by the test helper)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -84,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         tmp.replace(args.ready_file)
     sys.stdout.write(ready + "\n")
     sys.stdout.flush()
+    parent = os.getppid()
     while not stop.wait(0.5):
-        pass
+        if args.exit_with_parent and os.getppid() != parent:
+            log.warning("parent process %d is gone: shutting down", parent)
+            break
     server.shutdown()
     return 0
 

@@ -1,0 +1,358 @@
+"""The unmodified ur_rtde clients against actquant-ursim (simulator in a subprocess, real sockets).
+
+Every ur_rtde construction / blocking call runs under ``client_deadline`` (a hung constructor holds the
+GIL, so only faulthandler's C watchdog can end it).  Clients are disconnected before the simulator stops.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from actquant_core import constants as C
+from actquant_core.sim.ursim.testing import client_deadline, ursim_fixture
+
+rtde_receive = pytest.importorskip("rtde_receive")
+rtde_control = pytest.importorskip("rtde_control")
+rtde_io = pytest.importorskip("rtde_io")
+dashboard_client = pytest.importorskip("dashboard_client")
+
+CONNECT_DEADLINE_S = 15.0  # hard limit for one ur_rtde constructor / disconnect
+Q_EXACT_TOL = 1e-6  # rad: kinematic backend, a finished moveJ lands exactly (float round-off only)
+SERVO_FINAL_TOL = 1e-3  # rad: servoJ error after holding the final target for SERVO_HOLD_S
+SERVO_HOLD_S = 0.6  # >= 6 servo time constants (lookahead 0.1 s, gain 300)
+SERVO_LAG_TOL = 0.1  # rad: streaming lag; lookahead 0.1 s x peak speed 0.63 rad/s = 0.063 rad + transport
+FAULT_REACTION_S = 0.2  # a fault must make commands fail within this time
+STOP_SETTLE_S = 0.3  # the arm must be at rest this long after a stop (deceleration >= 10 rad/s^2)
+TIMESTAMP_RATE_TOL = 0.15  # relative: controller timestamps advance at wall-clock speed
+
+ursim_e = ursim_fixture(model=C.UR_TYPE_UR3E)  # e-series, 500 Hz
+ursim_cb3 = ursim_fixture(model=C.UR_TYPE_UR3)  # CB3, 125 Hz
+
+
+def _receive(host: str):
+    with client_deadline(CONNECT_DEADLINE_S, "RTDEReceiveInterface"):
+        return rtde_receive.RTDEReceiveInterface(host)
+
+
+def _control(host: str):
+    with client_deadline(CONNECT_DEADLINE_S, "RTDEControlInterface"):
+        return rtde_control.RTDEControlInterface(host)
+
+
+def _dashboard(host: str):
+    d = dashboard_client.DashboardClient(host)
+    with client_deadline(CONNECT_DEADLINE_S, "DashboardClient.connect"):
+        d.connect()
+    return d
+
+
+def _disconnect(*clients) -> None:
+    for cl in clients:
+        with client_deadline(CONNECT_DEADLINE_S, f"{type(cl).__name__}.disconnect"):
+            cl.disconnect()
+
+
+def _wait_for(pred, timeout_s: float, what: str, poll_s: float = 0.005):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+def _assert_at_rest(r, window_s: float = 0.1) -> None:
+    q_a = np.array(r.getActualQ())
+    time.sleep(window_s)
+    q_b = np.array(r.getActualQ())
+    assert np.max(np.abs(q_b - q_a)) < 1e-9, f"arm still moving: dq={q_b - q_a}"
+    assert np.max(np.abs(r.getActualQd())) < 1e-9
+
+
+@pytest.fixture(autouse=True)
+def _healthy(request):
+    """Every test starts from a healthy, powered arm (earlier tests inject faults)."""
+    for name in ("ursim_e", "ursim_cb3"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).recover()
+    yield
+
+
+def test_receive_interface_reads_state(ursim_e):
+    assert ursim_e.reset([0.0] * 6)
+    r = _receive(ursim_e.host)
+    try:
+        _wait_for(lambda: np.allclose(r.getActualQ(), 0.0, atol=1e-12), 1.0, "q after reset")
+        assert r.getRobotMode() == C.URSIM_ROBOT_MODE_RUNNING
+        assert r.getSafetyMode() == C.URSIM_SAFETY_MODE_NORMAL
+        assert r.getSafetyStatusBits() == 1 << C.URSIM_SAFETY_BIT_NORMAL
+        # UR3e flange at the zero pose from the DH parameters: (a2 + a3, -(d4 + d6), d1 - d5), R = Rx(pi/2)
+        expected = [-0.24355 - 0.2132, -(0.13105 + 0.0921), 0.15185 - 0.08535, math.pi / 2, 0.0, 0.0]
+        np.testing.assert_allclose(r.getActualTCPPose(), expected, atol=1e-9)
+        t0, w0 = r.getTimestamp(), time.monotonic()
+        time.sleep(0.3)
+        t1, w1 = r.getTimestamp(), time.monotonic()
+        assert abs((t1 - t0) / (w1 - w0) - 1.0) < TIMESTAMP_RATE_TOL
+        assert r.getActualDigitalOutputBits() in (0, 1)
+        assert r.getOutputIntRegister(12) == 0
+    finally:
+        _disconnect(r)
+        assert ursim_e.reset()
+
+
+def test_servoj_stream_is_tracked(ursim_e):
+    r = _receive(ursim_e.host)
+    c = _control(ursim_e.host)
+    try:
+        assert c.isProgramRunning()
+        dt = 1.0 / ursim_e.rate_hz
+        q0 = np.array(r.getActualQ())
+        amp = np.array([0.3, -0.2, 0.25, 0.0, 0.0, 0.4])  # rad, cosine ramp over T_S
+        T_S = 1.0
+        n_move, n_hold = int(T_S / dt), int(SERVO_HOLD_S / dt)
+        lag = []
+        for i in range(n_move + n_hold):
+            t_start = c.initPeriod()
+            s = min(i * dt / T_S, 1.0)
+            target = q0 + amp * (1.0 - math.cos(math.pi * s)) / 2.0
+            assert c.servoJ(target.tolist(), 0.5, 0.5, dt, 0.1, 300.0), f"servoJ refused at step {i}"
+            if i % 10 == 0 and i < n_move:
+                lag.append(float(np.max(np.abs(np.array(r.getActualQ()) - target))))
+            c.waitPeriod(t_start)
+        final_err = float(np.max(np.abs(np.array(r.getActualQ()) - (q0 + amp))))
+        assert final_err < SERVO_FINAL_TOL, f"final servo error {final_err:.2e} rad"
+        assert max(lag) < SERVO_LAG_TOL, f"max streaming lag {max(lag):.3f} rad"
+        assert max(lag) > 1e-3, "the servo follower shows no lag at all: is the target applied directly?"
+        with client_deadline(CONNECT_DEADLINE_S, "servoStop"):
+            assert c.servoStop(10.0)
+        _assert_at_rest(r)
+        with client_deadline(CONNECT_DEADLINE_S, "moveJ back"):
+            assert c.moveJ(q0.tolist(), 1.0, 4.0)
+    finally:
+        _disconnect(c, r)
+
+
+def test_movej_reaches_target_cb3(ursim_cb3):
+    r = _receive(ursim_cb3.host)
+    c = _control(ursim_cb3.host)
+    try:
+        t0 = r.getTimestamp()
+        time.sleep(0.2)
+        assert abs((r.getTimestamp() - t0) - 0.2) < 0.2 * TIMESTAMP_RATE_TOL + 2 / 125
+        q0 = np.array(r.getActualQ())
+        target = q0 + np.array([0.4, -0.3, 0.2, 0.1, -0.1, 0.5])
+        v, a = 1.0, 2.0
+        t_expected = 0.5 / v + v / a  # leading joint (0.5 rad) trapezoid: cruise + ramps
+        t_start = time.monotonic()
+        with client_deadline(CONNECT_DEADLINE_S, "moveJ"):
+            assert c.moveJ(target.tolist(), v, a)
+        elapsed = time.monotonic() - t_start
+        np.testing.assert_allclose(r.getActualQ(), target, atol=Q_EXACT_TOL)
+        assert t_expected - 0.05 < elapsed < t_expected + 0.5, f"moveJ took {elapsed:.3f} s, expected {t_expected}"
+        with client_deadline(CONNECT_DEADLINE_S, "moveJ async"):
+            assert c.moveJ(q0.tolist(), v, a, True)
+        assert c.getAsyncOperationProgress() >= 0  # running
+        _wait_for(lambda: c.getAsyncOperationProgress() < 0, 3.0, "async moveJ finished")
+        np.testing.assert_allclose(r.getActualQ(), q0, atol=Q_EXACT_TOL)
+    finally:
+        _disconnect(c, r)
+
+
+def test_protective_stop_fails_commands_and_stops_motion(ursim_e):
+    r = _receive(ursim_e.host)
+    c = _control(ursim_e.host)
+    try:
+        dt = 1.0 / ursim_e.rate_hz
+        q0 = np.array(r.getActualQ())
+        ok, t_fault, i = True, None, 0
+        while ok and i < 2000:
+            t_start = c.initPeriod()
+            target = q0.copy()
+            target[0] += 0.5 * min(i * dt, 1.0)  # 0.5 rad/s ramp
+            ok = c.servoJ(target.tolist(), 0.5, 0.5, dt, 0.1, 300.0)
+            if i == 100:
+                ursim_e.inject(C.URSIM_FAULT_PROTECTIVE_STOP)
+                t_fault = time.monotonic()
+            i += 1
+            c.waitPeriod(t_start)
+        assert not ok, "servoJ kept succeeding after a protective stop"
+        assert time.monotonic() - t_fault < FAULT_REACTION_S + 0.05
+        assert r.isProtectiveStopped()
+        assert r.getSafetyStatusBits() & (1 << C.RTDE_SAFETY_BIT_PROTECTIVE_STOP)
+        assert r.getRuntimeState() != C.RTDE_RUNTIME_STATE_PLAYING
+        time.sleep(STOP_SETTLE_S)
+        _assert_at_rest(r)
+        assert not c.moveJ(q0.tolist(), 1.0, 2.0)
+        # recovery as on the real robot: unlock from the dashboard, re-upload the control script
+        d = _dashboard(ursim_e.host)
+        assert "PROTECTIVE_STOP" in d.safetystatus()
+        d.unlockProtectiveStop()
+        d.closeSafetyPopup()
+        assert "NORMAL" in d.safetystatus()
+        assert c.reuploadScript()
+        _wait_for(c.isProgramRunning, 5.0, "control script running again")
+        with client_deadline(CONNECT_DEADLINE_S, "moveJ after recovery"):
+            assert c.moveJ(q0.tolist(), 1.0, 4.0)
+        _disconnect(d)
+    finally:
+        _disconnect(c, r)
+
+
+def test_emergency_stop_and_recovery(ursim_e):
+    r = _receive(ursim_e.host)
+    c = _control(ursim_e.host)
+    d = _dashboard(ursim_e.host)
+    try:
+        q0 = np.array(r.getActualQ())
+        assert c.speedJ([0.3, 0, 0, 0, 0, 0], 2.0, 0.0)
+        time.sleep(0.2)
+        assert abs(r.getActualQd()[0] - 0.3) < 1e-9
+        ursim_e.inject(C.URSIM_FAULT_EMERGENCY_STOP)
+        _wait_for(r.isEmergencyStopped, FAULT_REACTION_S, "emergency stop bit")
+        assert r.getRobotMode() == C.URSIM_ROBOT_MODE_POWER_OFF
+        assert r.getRuntimeState() == C.URSIM_RUNTIME_STOPPED
+        assert not c.speedJ([0.3, 0, 0, 0, 0, 0], 2.0, 0.0)
+        time.sleep(STOP_SETTLE_S)
+        _assert_at_rest(r)
+        assert "SYSTEM_EMERGENCY_STOP" in d.safetystatus()
+        assert "POWER_OFF" in d.robotmode()
+        # the program cannot start while the e-stop is active
+        c.reuploadScript()
+        time.sleep(0.1)
+        assert not c.isProgramRunning()
+        ursim_e.command(f"{C.URSIM_DASHBOARD_CONTROL_WORD} release {C.URSIM_FAULT_EMERGENCY_STOP}")
+        d.powerOn()
+        d.brakeRelease()
+        _wait_for(lambda: r.getRobotMode() == C.URSIM_ROBOT_MODE_RUNNING, 1.0, "robot mode RUNNING")
+        assert c.reuploadScript()
+        _wait_for(c.isProgramRunning, 5.0, "control script running again")
+        with client_deadline(CONNECT_DEADLINE_S, "moveJ after e-stop"):
+            assert c.moveJ(q0.tolist(), 1.0, 4.0)
+    finally:
+        _disconnect(d, c, r)
+
+
+def test_program_stop_fault(ursim_e):
+    r = _receive(ursim_e.host)
+    c = _control(ursim_e.host)
+    try:
+        assert c.speedJ([0, 0, 0, 0, 0, -0.2], 2.0, 0.0)
+        ursim_e.inject(C.URSIM_FAULT_PROGRAM_STOP)
+        _wait_for(lambda: r.getRuntimeState() == C.URSIM_RUNTIME_STOPPED, FAULT_REACTION_S, "runtime STOPPED")
+        assert not c.isProgramRunning()
+        assert not c.speedJ([0, 0, 0, 0, 0, -0.2], 2.0, 0.0)
+        time.sleep(STOP_SETTLE_S)
+        _assert_at_rest(r)
+        assert r.getSafetyMode() == C.URSIM_SAFETY_MODE_NORMAL  # not a safety event
+    finally:
+        _disconnect(c, r)
+
+
+def test_connection_drop_is_seen_by_clients(ursim_e):
+    r = _receive(ursim_e.host)
+    c = _control(ursim_e.host)
+    try:
+        assert r.isConnected() and c.isConnected()
+        refuse_s = 1.0
+        ursim_e.inject(C.URSIM_FAULT_CONNECTION_DROP, refuse_s)
+        t_drop = time.monotonic()
+        _wait_for(lambda: not r.isConnected(), 1.0, "receive interface to see the drop")
+        _wait_for(lambda: not c.isConnected(), 1.0, "control interface to see the drop")
+        time.sleep(max(0.0, refuse_s + 0.2 - (time.monotonic() - t_drop)))
+        with client_deadline(CONNECT_DEADLINE_S, "RTDEReceiveInterface.reconnect"):
+            assert r.reconnect()
+        assert r.isConnected()
+        assert len(r.getActualQ()) == 6
+    finally:
+        _disconnect(c, r)
+
+
+def test_watchdog_stops_motion_when_kicks_stop(ursim_e):
+    r = _receive(ursim_e.host)
+    c = _control(ursim_e.host)
+    try:
+        assert c.setWatchdog(10.0)  # expires after 0.1 s without input
+        assert c.speedJ([0.2, 0, 0, 0, 0, 0], 2.0, 0.0)
+        for _ in range(30):  # 0.3 s of kicks at ~100 Hz keep it running
+            assert c.kickWatchdog()
+            time.sleep(0.01)
+        assert r.getRuntimeState() == C.RTDE_RUNTIME_STATE_PLAYING
+        assert abs(r.getActualQd()[0] - 0.2) < 1e-9
+        time.sleep(0.1 + STOP_SETTLE_S)  # no kicks
+        assert r.getRuntimeState() == C.URSIM_RUNTIME_STOPPED
+        _assert_at_rest(r)
+        assert not c.speedJ([0.2, 0, 0, 0, 0, 0], 2.0, 0.0)
+    finally:
+        _disconnect(c, r)
+
+
+def test_dashboard_basics(ursim_e):
+    d = _dashboard(ursim_e.host)
+    try:
+        assert d.isConnected()
+        assert d.polyscopeVersion() == "5.11.1.108318"
+        assert d.getSerialNumber().isdigit()
+        assert d.isInRemoteControl()
+        assert d.robotmode() == "Robotmode: RUNNING"
+        assert d.safetystatus() == "Safetystatus: NORMAL"
+        d.stop()
+        assert d.programState().startswith("STOPPED")
+        assert not d.running()
+        with pytest.raises(RuntimeError):
+            d.play()  # nothing paused
+        d.unlockProtectiveStop()  # no protective stop: accepted
+        d.closeSafetyPopup()
+        assert d.getRobotModel() == "UR3"
+        c = _control(ursim_e.host)
+        try:
+            d.pause()
+            assert d.programState().startswith("PAUSED")
+            _wait_for(lambda: not c.isProgramRunning(), 0.5, "paused program seen by the control interface")
+            d.play()
+            assert d.running()
+            _wait_for(c.isProgramRunning, 0.5, "resumed program seen by the control interface")
+        finally:
+            _disconnect(c)
+        d.quit()
+    finally:
+        _disconnect(d)
+
+
+def test_disconnect_cleans_up_and_new_client_works(ursim_e):
+    r1 = _receive(ursim_e.host)
+    c1 = _control(ursim_e.host)
+    assert c1.servoJ(r1.getActualQ(), 0.5, 0.5, 0.002, 0.1, 300.0)
+    _disconnect(c1, r1)
+    # only the state query's own dashboard connection remains
+    _wait_for(lambda: ursim_e.state()["connections"] == 1, 3.0, "server to drop the closed connections")
+    r2 = _receive(ursim_e.host)
+    c2 = _control(ursim_e.host)
+    try:
+        q = np.array(r2.getActualQ())
+        target = q + np.array([0.0, 0.0, 0.0, 0.2, 0.0, 0.0])
+        with client_deadline(CONNECT_DEADLINE_S, "moveJ"):
+            assert c2.moveJ(target.tolist(), 1.0, 4.0)
+            assert c2.moveJ(q.tolist(), 1.0, 4.0)
+        np.testing.assert_allclose(r2.getActualQ(), q, atol=Q_EXACT_TOL)
+    finally:
+        _disconnect(c2, r2)
+
+
+def test_io_standard_digital_out_drives_gripper(ursim_e):
+    r = _receive(ursim_e.host)
+    with client_deadline(CONNECT_DEADLINE_S, "RTDEIOInterface"):
+        io = rtde_io.RTDEIOInterface(ursim_e.host)
+    try:
+        assert io.setStandardDigitalOut(0, True)
+        _wait_for(lambda: r.getActualDigitalOutputBits() & 1, 0.5, "digital out 0 high")
+        _wait_for(lambda: ursim_e.state()["gripper"] == 0.0, 0.5, "gripper closed")
+        assert io.setStandardDigitalOut(0, False)
+        _wait_for(lambda: ursim_e.state()["gripper"] == 1.0, 0.5, "gripper open")
+        assert not r.getActualDigitalOutputBits() & 1
+    finally:
+        _disconnect(io, r)
