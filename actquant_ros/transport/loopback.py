@@ -8,6 +8,7 @@ the returned environment to subprocesses).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import MutableMapping
 from pathlib import Path
 
@@ -17,12 +18,17 @@ __all__ = ["loopback_config_path", "loopback_uri", "use_loopback_config"]
 
 
 def loopback_config_path(root: Path | None = None) -> Path:
-    """Path of ``config/cyclonedds_loopback.xml`` (repository checkout or installed share dir)."""
-    base = root if root is not None else Path(__file__).resolve().parents[2]
-    path = base / C.CYCLONEDDS_LOOPBACK_CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"Cyclone loopback config not found at {str(path)!r}")
-    return path
+    """Path of ``config/cyclonedds_loopback.xml``.
+
+    Looked up under ``root`` if given, else in the repository checkout, then in the installed share
+    directory (``<prefix>/share/actquant_ros``, where CMake installs ``config/``).
+    """
+    bases = [root] if root is not None else [Path(__file__).resolve().parents[2], Path(sys.prefix) / "share" / "actquant_ros"]
+    candidates = [b / C.CYCLONEDDS_LOOPBACK_CONFIG for b in bases]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"Cyclone loopback config not found; looked at {[str(c) for c in candidates]}")
 
 
 def loopback_uri(root: Path | None = None) -> str:
