@@ -91,7 +91,7 @@ def build(out_dir: Path, vocab_size: int, seed: int, n_lines: int) -> Path:
         sentence_iterator=iter(lines),
         model_writer=model,
         vocab_size=vocab_size,
-        model_type="unigram",
+        model_type="bpe",
         character_coverage=1.0,
         byte_fallback=True,
         split_digits=False,
@@ -105,6 +105,7 @@ def build(out_dir: Path, vocab_size: int, seed: int, n_lines: int) -> Path:
         normalization_rule_name="identity",
         user_defined_symbols=["\n"],
         remove_extra_whitespaces=False,
+        add_dummy_prefix=False,  # like the Gemma/PaliGemma tokenizer
         minloglevel=2,
     )
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -167,12 +167,13 @@ def load_lerobot_norm_stats(
 
 
 def find_norm_stats(checkpoint_dir: str | Path) -> NormStats | None:
-    """Look for norm stats next to a checkpoint: openpi ``assets/*/norm_stats.json`` (also directly in
+    """Look for norm stats next to a checkpoint: openpi ``assets/<asset_id>/norm_stats.json`` (any depth: ids like
+    ``physical-intelligence/libero``; also directly in
     the folder) first, then lerobot ``*processor*.safetensors``.  None when there are none."""
     root = Path(checkpoint_dir)
     if root.is_file():
         root = root.parent
-    candidates = sorted(root.glob(f"assets/*/{PI05_NORM_STATS_FILE}")) + sorted(root.glob(PI05_NORM_STATS_FILE))
+    candidates = sorted(root.glob(f"assets/**/{PI05_NORM_STATS_FILE}")) + sorted(root.glob(PI05_NORM_STATS_FILE))
     if len(candidates) > 1:
         log.warning("several norm_stats.json found, using %s (others: %s)", candidates[0], candidates[1:])
     if candidates:

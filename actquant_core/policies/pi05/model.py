@@ -268,8 +268,10 @@ class Pi05Model(nn.Module):
     def init_random(self, seed: int = 0, std: float = 0.02, norm_std: float = 0.1) -> Pi05Model:
         """Deterministic random weights for tests/benchmarks (in place on this fresh module).
 
-        Unlike the real zero-init adaRMS kernels, adaRMS dense weights get ``std`` too, so that the
-        time conditioning matters in tests; Gemma norm weights get N(0, norm_std)."""
+        Linear/conv weights ~ N(0, 1/fan_in) (unit gain, so every path, the time conditioning
+        included, visibly affects the output — unlike the real zero-init adaRMS kernels); biases and
+        position embeddings ~ N(0, std); token embeddings ~ N(0, 1/lm_width) (unit after the
+        sqrt(width) scale); LayerNorm weights 1 + N(0, norm_std); Gemma norm weights N(0, norm_std)."""
         g = torch.Generator().manual_seed(seed)
         for module in self.modules():
             for pname, p in module.named_parameters(recurse=False):
@@ -278,6 +280,10 @@ class Pi05Model(nn.Module):
                     p.copy_((1.0 if pname == "weight" else 0.0) + norm_std * noise)
                 elif isinstance(module, GemmaRMSNorm):
                     p.copy_(norm_std * noise)
+                elif isinstance(module, nn.Embedding):
+                    p.copy_(noise / math.sqrt(p.shape[1]))
+                elif isinstance(module, (nn.Linear, nn.Conv2d)) and pname == "weight":
+                    p.copy_(noise / math.sqrt(p[0].numel()))
                 else:
                     p.copy_(std * noise)
         return self

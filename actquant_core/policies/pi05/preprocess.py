@@ -9,8 +9,9 @@ runtime.  Steps:
    zero-padded to ``state_dim``.
 3. prompt: ``cleaned = task.strip().replace("_", " ").replace("\\n", " ")``;
    - ``discrete_state_input`` False (openpi pi05_libero): ``BOS + encode(cleaned) + encode("\\n")``;
-   - True (lerobot, openpi pi05_base): the normalised padded state is clipped by binning into 256 bins
-     over [-1, 1] (``np.digitize(s, linspace(-1, 1, 257)[:-1]) - 1``) and the prompt is
+   - True (lerobot, openpi pi05_base): the normalised padded state is binned into 256 bins over
+     [-1, 1] (``np.digitize(s, linspace(-1, 1, 257)[:-1]) - 1``, exactly openpi: values > 1 give 255,
+     values < -1 give -1) and the prompt is
      ``BOS + encode("Task: {cleaned}, State: {s0 s1 ...};\\nAction: ")`` (openpi ``PaligemmaTokenizer``).
    Tokens are right-padded with 0 to ``max_token_len`` (mask False) or truncated with a warning.
 4. actions out: the model's [H, action_dim] are cut to the stats' length and un-normalised.
@@ -69,7 +70,7 @@ def clean_task(task: str) -> str:
 
 
 def discretize_state(state: np.ndarray, bins: int = PI05_STATE_BINS) -> np.ndarray:
-    """Normalised state in [-1, 1] -> int bins 0..bins-1 (values outside clip to the end bins)."""
+    """Normalised state in [-1, 1] -> int bins 0..bins-1 (openpi semantics: > 1 -> bins-1, < -1 -> -1)."""
     edges = np.linspace(-1.0, 1.0, bins + 1)[:-1]
     return np.digitize(np.asarray(state, dtype=np.float64), bins=edges) - 1
 
