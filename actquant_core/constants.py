@@ -210,6 +210,8 @@ PI05_NORM_KEY_STATE = "state"
 PI05_NORM_KEY_ACTIONS = "actions"
 PI05_LEROBOT_STATE_PREFIX = "observation.state"
 PI05_LEROBOT_ACTION_PREFIX = "action"
+PI05_LEROBOT_IMAGE_PREFIX = "observation.images."  # lerobot input_features image keys
+PI05_LEROBOT_EMPTY_CAMERA = "empty_camera_{i}"  # lerobot config.empty_cameras slots (always missing)
 # Discretised-state prompt (pi0.5 with discrete_state_input, openpi PaligemmaTokenizer / lerobot).
 PI05_STATE_PROMPT = "Task: {task}, State: {state};\nAction: "
 PI05_STATE_BINS = 256

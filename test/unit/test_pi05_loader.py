@@ -165,3 +165,25 @@ def test_missing_shard_is_reported(tmp_path, source):
     (tmp_path / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model-00002-of-00002"):
         load_pi05_checkpoint(tmp_path, **TINY_HEADS)
+
+
+def test_lerobot_config_camera_slots_and_overrides(tmp_path, source):
+    sd = checkpoint_state_dict(source, "lerobot")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({
+        "input_features": {
+            "observation.images.image": {"type": "VISUAL", "shape": [3, 256, 256]},
+            "observation.images.image2": {"type": "VISUAL", "shape": [3, 256, 256]},
+            "observation.state": {"type": "STATE", "shape": [8]},
+        },
+        "empty_cameras": 1,
+        "chunk_size": 7,
+    }))
+    cfg, model, _ = load_pi05_checkpoint(tmp_path, **TINY_HEADS, max_token_len=source.config.max_token_len)
+    assert cfg.camera_slots == ("image", "image2", "empty_camera_0")
+    assert cfg.action_horizon == 7
+    cfg2, _, _ = load_pi05_checkpoint(tmp_path, **TINY_HEADS, action_horizon=3, camera_slots=("a", "b", "c"))
+    assert cfg2.action_horizon == 3 and cfg2.camera_slots == ("a", "b", "c")
+    # invalid slot lists are rejected with the config validation message
+    with pytest.raises(CheckpointLayoutError, match="camera_slots"):
+        load_pi05_checkpoint(tmp_path, **TINY_HEADS, camera_slots=("a", "a"))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from actquant_core.constants import PI05_CAMERA_SLOTS
+from actquant_core.constants import PI05_CAMERA_SLOTS, PI05_MASK_VALUE
 
 EMBED_SCALE_MODES = ("sqrt_f32", "sqrt_bf16")
 
@@ -192,6 +192,19 @@ class Pi05Config:
     def to_json(self) -> str:
         """JSON text of every field (keys sorted)."""
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    def native_hparams(self) -> dict:
+        """Every field plus the derived numbers the native graph needs: ``embed_scale`` (the exact
+        float multiplier), ``num_cameras``, ``num_patches``, ``prefix_len``, ``mask_value``."""
+        d = self.to_dict()
+        d.update(
+            embed_scale=self.embed_scale,
+            num_cameras=self.num_cameras,
+            num_patches=self.num_patches,
+            prefix_len=self.prefix_len,
+            mask_value=PI05_MASK_VALUE,
+        )
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Pi05Config:

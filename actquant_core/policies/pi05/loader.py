@@ -35,6 +35,8 @@ from actquant_core.constants import (
     PI05_CKPT_LM_HEAD,
     PI05_CKPT_PREFIX,
     PI05_CKPT_RENAMES,
+    PI05_LEROBOT_EMPTY_CAMERA,
+    PI05_LEROBOT_IMAGE_PREFIX,
     PI05_TENSOR_NAMES,
 )
 from actquant_core.policies.common.normalize import NormStats, find_norm_stats
@@ -106,6 +108,21 @@ def _first(d: dict, *names: str):
     return None
 
 
+def _lerobot_camera_slots(cj: dict) -> tuple[str, ...] | None:
+    """Camera slots from a lerobot config.json: its VISUAL ``input_features`` in order (prefix
+    ``observation.images.`` stripped), then ``empty_cameras`` extra slots (always missing)."""
+    feats = cj.get("input_features")
+    if not isinstance(feats, dict):
+        return None
+    names = [
+        k[len(PI05_LEROBOT_IMAGE_PREFIX) :] if k.startswith(PI05_LEROBOT_IMAGE_PREFIX) else k
+        for k, v in feats.items()
+        if isinstance(v, dict) and v.get("type") == "VISUAL"
+    ]
+    names += [PI05_LEROBOT_EMPTY_CAMERA.format(i=i) for i in range(int(cj.get("empty_cameras", 0) or 0))]
+    return tuple(names) or None
+
+
 def infer_config(
     tensors: dict[str, np.ndarray],
     config_json: dict | None = None,
@@ -116,6 +133,7 @@ def infer_config(
     max_token_len: int | None = None,
     num_steps: int | None = None,
     discrete_state_input: bool | None = None,
+    camera_slots: tuple[str, ...] | None = None,
     base: Pi05Config | None = None,
 ) -> Pi05Config:
     """Derive a ``Pi05Config`` from normalised checkpoint tensors (current naming).
@@ -193,6 +211,9 @@ def infer_config(
         value = explicit if explicit is not None else _first(cj, *names)
         if value is not None:
             fields[field] = type(getattr(base, field))(value)
+    slots = camera_slots if camera_slots is not None else _lerobot_camera_slots(cj)
+    if slots is not None:
+        fields["camera_slots"] = tuple(slots)
     try:
         return base.replace(**fields)
     except ValueError as exc:
@@ -241,6 +262,7 @@ def load_pi05_checkpoint(
     max_token_len: int | None = None,
     num_steps: int | None = None,
     discrete_state_input: bool | None = None,
+    camera_slots: tuple[str, ...] | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[Pi05Config, Pi05Model, NormStats | None]:
     """Load a lerobot/openpi PyTorch π₀.₅ checkpoint.
@@ -248,7 +270,9 @@ def load_pi05_checkpoint(
     Args:
         path: ``model.safetensors``, ``model.safetensors.index.json`` or the checkpoint directory.
         head_dim, vision_heads: used when no config.json says otherwise (shapes cannot tell heads).
-        action_horizon, max_token_len, num_steps, discrete_state_input: override config.json.
+        action_horizon, max_token_len, num_steps, discrete_state_input, camera_slots: override
+            config.json (camera slots default to lerobot ``input_features`` image keys, else the
+            openpi names base_0_rgb, left_wrist_0_rgb, right_wrist_0_rgb).
         dtype: parameter dtype of the returned model.
     Returns:
         (config, model in eval mode, norm stats or None when the folder has none — a warning is logged).
@@ -266,6 +290,7 @@ def load_pi05_checkpoint(
         max_token_len=max_token_len,
         num_steps=num_steps,
         discrete_state_input=discrete_state_input,
+        camera_slots=camera_slots,
     )
     canonical = checkpoint_to_canonical(tensors, config)
     model = model_from_canonical(config, canonical, dtype=dtype)
