@@ -13,7 +13,7 @@ import numpy as np
 
 from actquant_core import constants as C
 from actquant_core.data.rosbag_io import image_to_rgb, rgb_to_image_fields
-from actquant_ros.image_codec import as_bytes
+from actquant_ros.cdr_codec import as_bytes
 from actquant_ros.msgs import (
     CompressedImage,
     DiagnosticArray,

@@ -3,8 +3,8 @@
 Speaks the ROS 2 wire protocol as rmw_cyclonedds does: topic ``/x`` is the DDS topic ``rt/x``, types
 are ``pkg::msg::dds_::Name_`` (``actquant_ros.msgs``), payloads XCDR1 little endian, QoS mapped from
 the ROS profiles.  Every sample goes through a per-type byte codec: the stock ``IdlStruct`` serializer
-for small messages, ``actquant_ros.image_codec`` for images (one block copy instead of a per-byte
-path).  Raw CDR bytes can also be published (``publish_cdr``), e.g. messages read from a rosbag.
+for small messages, ``actquant_ros.cdr_codec`` for images, joint states and trajectories (block
+copies of primitive sequences instead of a per-element path).  Raw CDR bytes can also be published (``publish_cdr``), e.g. messages read from a rosbag.
 
 Execution model: one WaitSet per node with a ReadCondition per subscription and a GuardCondition to wake
 it; ``spin_once`` waits until data arrives or the next timer is due, then runs the callbacks in the
@@ -33,8 +33,7 @@ from cyclonedds.sub import DataReader
 from cyclonedds.topic import Topic
 
 from actquant_core import constants as C
-from actquant_ros.image_codec import decode_compressed_image, decode_image, encode_compressed_image, encode_image
-from actquant_ros.msgs import CompressedImage, Image
+from actquant_ros.cdr_codec import FAST_CODECS
 from actquant_ros.transport.base import Node, make_logger, resolve_topic
 from actquant_ros.transport.params import ParameterSpec, ParameterStore
 from actquant_ros.transport.qos import QOS_DEFAULT, QoSProfile
@@ -52,10 +51,9 @@ Decoder = Callable[[bytes], Any]
 
 def codec_for(msg_type: type) -> tuple[Encoder, Decoder]:
     """(encode, decode) between a message object and CDR bytes (with encapsulation header)."""
-    if msg_type is Image:
-        return encode_image, decode_image
-    if msg_type is CompressedImage:
-        return encode_compressed_image, decode_compressed_image
+    fast = FAST_CODECS.get(msg_type)
+    if fast is not None:
+        return fast
     if not hasattr(msg_type, "__idl__"):
         raise TypeError(f"{msg_type!r} is not a message class from actquant_ros.msgs (an IdlStruct)")
     return (lambda msg: msg.serialize()), msg_type.deserialize

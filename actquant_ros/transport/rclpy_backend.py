@@ -18,7 +18,7 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from actquant_ros.image_codec import as_bytes
+from actquant_ros.cdr_codec import as_bytes
 from actquant_ros.msgs import message_class, ros_type_name
 from actquant_ros.transport.base import Node
 from actquant_ros.transport.params import ParameterError, ParameterSpec

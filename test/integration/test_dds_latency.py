@@ -26,7 +26,7 @@ use_loopback_config()
 
 from actquant_ros import convert as V  # noqa: E402
 from actquant_ros import msgs as M  # noqa: E402
-from actquant_ros.image_codec import decode_image, encode_image  # noqa: E402
+from actquant_ros.cdr_codec import decode_image, encode_image  # noqa: E402
 from actquant_ros.transport import QOS_DEFAULT, make_node  # noqa: E402
 
 log = logging.getLogger(__name__)

@@ -8,12 +8,7 @@ import numpy as np
 import pytest
 
 from actquant_ros import msgs as M
-from actquant_ros.image_codec import (
-    decode_compressed_image,
-    decode_image,
-    encode_compressed_image,
-    encode_image,
-)
+from actquant_ros.cdr_codec import FAST_CODECS, decode_image, decode_joint_trajectory, encode_image, encode_joint_trajectory
 
 rosbags_typesys = pytest.importorskip("rosbags.typesys")
 
@@ -102,13 +97,34 @@ def test_every_type_covered():
     assert covered == set(M.MESSAGE_TYPES)
 
 
-@pytest.mark.parametrize("msg", [m for m in _cases() if isinstance(m, (M.Image, M.CompressedImage))], ids=lambda m: type(m).__name__)
-def test_fast_image_codec_equals_rosbags(msg):
+@pytest.mark.parametrize("msg", [m for m in _cases() if type(m) in FAST_CODECS], ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("little_endian", [True, False], ids=["le", "be"])
+def test_fast_codecs_equal_rosbags(msg, little_endian):
     ros_name = M.ros_type_name(type(msg))
-    enc, dec = (encode_image, decode_image) if isinstance(msg, M.Image) else (encode_compressed_image, decode_compressed_image)
-    theirs = bytes(TS.serialize_cdr(_rb(ros_name, msg), ros_name))
-    assert enc(msg) == theirs
-    assert dec(theirs) == msg  # data comes back as bytes, equal to the bytes we put in
+    enc, dec = FAST_CODECS[type(msg)]
+    theirs = bytes(TS.serialize_cdr(_rb(ros_name, msg), ros_name, little_endian=little_endian))
+    if little_endian:
+        assert enc(msg) == theirs
+    assert dec(theirs) == msg  # byte data comes back as bytes, equal to the bytes we put in
+
+
+def test_fast_codecs_cover_the_high_rate_types():
+    assert set(FAST_CODECS) == {M.Image, M.CompressedImage, M.JointState, M.JointTrajectory}
+
+
+def test_fast_trajectory_codec_with_numpy_rows_and_odd_alignment():
+    """float64 sequences after odd-length strings need 8-byte padding; numpy rows serialise like lists."""
+    rng = np.random.default_rng(2)
+    pts = [M.JointTrajectoryPoint(positions=rng.normal(size=7), velocities=[], accelerations=rng.normal(size=1),
+                                  effort=[], time_from_start=M.Duration(sec=k, nanosec=3)) for k in range(50)]
+    msg = M.JointTrajectory(header=_header("a"), joint_names=[f"j{i}" * (i + 1) for i in range(7)], points=pts)
+    as_lists = M.JointTrajectory(header=msg.header, joint_names=msg.joint_names, points=[
+        M.JointTrajectoryPoint(positions=p.positions.tolist(), velocities=[], accelerations=p.accelerations.tolist(), effort=[],
+                               time_from_start=p.time_from_start) for p in pts])
+    ros_name = M.ros_type_name(M.JointTrajectory)
+    theirs = bytes(TS.serialize_cdr(_rb(ros_name, as_lists), ros_name))
+    assert encode_joint_trajectory(msg) == theirs == as_lists.serialize()
+    assert decode_joint_trajectory(theirs) == as_lists
 
 
 def test_fast_image_codec_accepts_arrays_and_big_endian():

@@ -7,7 +7,7 @@ import pytest
 
 from actquant_ros import convert as V
 from actquant_ros import msgs as M
-from actquant_ros.image_codec import decode_image, encode_image
+from actquant_ros.cdr_codec import decode_image, encode_image
 
 JPEG_MAX_ABS_ERR = 40  # jpeg q=95 on a smooth gradient: per-pixel error bound
 

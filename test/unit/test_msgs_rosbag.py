@@ -90,7 +90,7 @@ def test_bag_bytes_are_our_wire_bytes(tmp_path):
     from rosbags.highlevel import AnyReader
 
     from actquant_ros import convert as V
-    from actquant_ros.image_codec import encode_image
+    from actquant_ros.cdr_codec import encode_image
 
     rgb = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
     path = tmp_path / "bag"
