@@ -340,6 +340,7 @@ class Pi05Model(nn.Module):
         cond: Tensor | None,
         past: PrefixCache | None = None,
         collect_kv: bool = False,
+        kv_only: bool = False,
     ) -> tuple[list[Tensor | None], list[Tensor], list[Tensor]]:
         """Run all layers over the [LM stream, expert stream] jointly.
 
@@ -348,6 +349,8 @@ class Pi05Model(nn.Module):
         [cached prefix keys (if past)] + present streams; positions: [B, L_query];
         cond: [B, ex_width] adaRMS condition (needed when the expert stream is present);
         past: cached prefix K/V (the prefix stream must then be None).
+        kv_only: stop once the last layer's K/V are collected (its attention output, MLP and the
+        final norm are skipped: nothing reads them for a prefix-only pass); hidden outputs are None.
         Returns (final hidden per stream after its final norm, keys per layer, values per layer) —
         keys/values of the present streams, collected when ``collect_kv``."""
         stacks = [self.lm, self.expert]
@@ -374,6 +377,8 @@ class Pi05Model(nn.Module):
             if collect_kv:
                 keys_out.append(k)
                 values_out.append(v)
+            if kv_only and li == self.config.lm_depth - 1:
+                return [None, None], keys_out, values_out
             if past is not None:
                 k = torch.cat([past.keys[li].to(k.dtype), k], dim=1)
                 v = torch.cat([past.values[li].to(v.dtype), v], dim=1)
@@ -406,7 +411,7 @@ class Pi05Model(nn.Module):
         emb, pad, ar, img = self.embed_prefix(images, image_masks, tokens, token_masks)
         mask = make_attn_mask(pad, ar)
         positions = torch.cumsum(pad.to(torch.int64), dim=1) - 1
-        _, keys, values = self.joint_forward([emb, None], mask, positions, None, collect_kv=True)
+        _, keys, values = self.joint_forward([emb, None], mask, positions, None, collect_kv=True, kv_only=True)
         if intermediates is not None:
             for cam in range(img.shape[1]):
                 intermediates[PI05_INTER_VISION.format(cam=cam)] = img[:, cam]
