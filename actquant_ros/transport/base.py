@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from actquant_ros.convert import ns_to_time
 from actquant_ros.msgs import Time
 from actquant_ros.transport.qos import QOS_DEFAULT, QoSProfile
 
@@ -83,12 +84,6 @@ def resolve_topic(name: str, node_name: str, namespace: str = "", remaps: Mappin
     if "//" in fq:
         raise ValueError(f"invalid topic name {name!r} (resolves to {fq!r})")
     return remaps.get(fq, fq)
-
-
-def ns_to_time(ns: int) -> Time:
-    """builtin_interfaces/Time from integer nanoseconds."""
-    sec, nanosec = divmod(int(ns), 1_000_000_000)
-    return Time(sec=sec, nanosec=nanosec)
 
 
 class Node(abc.ABC):
