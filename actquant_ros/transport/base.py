@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -163,6 +164,12 @@ class Node(abc.ABC):
     @abc.abstractmethod
     def spin(self) -> None:
         """Run callbacks until ``shutdown()`` (from a callback or another thread) or Ctrl-C."""
+
+    def spin_in_thread(self) -> threading.Thread:
+        """Run ``spin`` in a daemon thread (callbacks then run there); ``shutdown()`` ends it."""
+        thread = threading.Thread(target=self.spin, name=f"{self.name}-spin", daemon=True)
+        thread.start()
+        return thread
 
     @abc.abstractmethod
     def shutdown(self) -> None:

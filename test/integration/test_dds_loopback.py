@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import threading
 import sys
 import time
 from pathlib import Path
@@ -275,3 +276,19 @@ def test_bag_bytes_republished_over_dds(node, tmp_path):
         np.testing.assert_array_equal(V.image_to_numpy(got_img[k]), recorded[("image", 1_000 + k)])
         np.testing.assert_array_equal(V.joint_state_to_numpy(got_js[k], JOINTS)[0], recorded[("joint_state", 1_000 + k)].position)
         assert V.time_to_ns(got_img[k].header.stamp) == 1_000 + k
+
+
+def test_spin_in_thread_and_shutdown_from_main_thread(node):
+    """Callbacks run in the spin thread while the main thread publishes; shutdown() stops the thread."""
+    got = []
+    node.create_subscription(M.JointState, "/threaded", lambda m: got.append(threading.get_ident()))
+    pub = node.create_publisher(M.JointState, "/threaded")
+    thread = node.spin_in_thread()
+    deadline = time.monotonic() + TIMEOUT_S
+    while not got and time.monotonic() < deadline:
+        pub.publish(V.numpy_to_joint_state(["a"], [1.0]))
+        time.sleep(0.02)
+    assert got and set(got) == {thread.ident} != {threading.get_ident()}
+    node.shutdown()
+    thread.join(timeout=3.0)
+    assert not thread.is_alive()
