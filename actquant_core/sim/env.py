@@ -11,11 +11,12 @@ ramps the joint target linearly over one policy period (servo-style interpolatio
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from actquant_core.constants import SIM_CAMERAS
-from actquant_core.sim.tasks import Task, load_init_states, task_success
+from actquant_core.sim.tasks import Task, apply_layout, load_init_states, sample_layout, task_success
 from actquant_core.sim.world import UR3World
 
 
@@ -67,8 +68,16 @@ class SimEnv:
             self._init_states = load_init_states(self.task)
         return self._init_states
 
-    def reset(self, init_index: int | None = 0, init_state: np.ndarray | None = None) -> dict:
-        """Reset to saved init state ``init_index`` (or an explicit ``init_state`` [nq - 6])."""
+    def reset(self, init_index: int | None = 0, init_state: np.ndarray | None = None,
+              layout_seed: Sequence[int] | None = None) -> dict:
+        """Reset to saved init state ``init_index``, an explicit ``init_state`` [nq - 6], or a fresh layout
+        drawn with ``np.random.default_rng(layout_seed)`` (demonstrations use seeds disjoint from the saved
+        evaluation init states)."""
+        self.steps = 0
+        self._success_run = 0
+        if layout_seed is not None:
+            apply_layout(self.world, self.task, sample_layout(self.task, np.random.default_rng(list(layout_seed))))
+            return self.observe()
         if init_state is None and init_index is not None:
             n = len(self.init_states)
             if not 0 <= init_index < n:

@@ -16,8 +16,8 @@ from typing import Iterator
 import numpy as np
 
 from actquant_core.sim.ik import solve_ik, top_down_rotation
-from actquant_core.sim.mjcf import BOWL_HEIGHT, CUBE_HALF, MUG_HALF_HEIGHT
-from actquant_core.sim.tasks import REST_Z, OpenDrawer, Place, Task
+from actquant_core.sim.mjcf import BOWL_HEIGHT, CUBE_HALF, GRIPPER_HALF_OPEN, MUG_HALF_HEIGHT
+from actquant_core.sim.tasks import FOOTPRINT, REST_Z, OpenDrawer, Place, Task, goal_satisfied
 
 SAFE_Z = 0.17  # travel height of the TCP (m)
 FAST = 0.30  # m/s
@@ -27,6 +27,8 @@ POS_TOL = 0.006  # m: a waypoint counts as reached by the measured TCP
 MAX_GRASP_TRIES = 3
 GRIP_OPEN = 1.0
 GRIP_CLOSED = 0.0
+CUBE_GRIP_OPEN = 0.8  # 7.2 cm between the pads for a 4 cm cube: keeps the fingers off neighbours
+FINGER_REACH = GRIPPER_HALF_OPEN + 0.012  # finger tip distance from the TCP axis when fully open (m)
 DRAWER_GRIP_OPEN = 0.42  # opening that fits between the handle bar and the drawer front
 DRAWER_PULL = 0.12
 
@@ -115,13 +117,34 @@ class ScriptedExpert:
         yield from self._move(above, self.yaw_cmd, speed=FAST, settle_steps=0)
 
     # ------------------------------------------------------------------ skills
+    def _clearance(self, obj: str, p: np.ndarray, yaw: float) -> float:
+        """Smallest gap (m) between the open finger tips at ``p`` and any other object's footprint."""
+        u = np.array([math.cos(yaw), math.sin(yaw)])
+        tips = (p[:2] + FINGER_REACH * u, p[:2] - FINGER_REACH * u)
+        gap = float("inf")
+        for other in self.task.objects:
+            if other == obj:
+                continue
+            c, _ = self.world.object_pose(other)
+            for t in tips:
+                gap = min(gap, float(np.linalg.norm(t - c[:2])) - FOOTPRINT[other])
+        return gap
+
     def _grasp_yaw(self, obj: str) -> float:
-        _, quat = self.world.object_pose(obj)
+        """Finger-axis yaw for grasping ``obj``: aligned with a cube face / across the mug body, away
+        from neighbouring objects, then as close as possible to the current yaw."""
+        p, quat = self.world.object_pose(obj)
         yaw = _yaw_of(quat)
         if obj.endswith("_cube"):
-            return _nearest_equiv(yaw, self.yaw_cmd, math.pi / 2)
-        # mug: fingers along the mug's x axis (the handle sticks out along its y axis)
-        return _nearest_equiv(yaw, self.yaw_cmd, math.pi)
+            candidates = [yaw, yaw + math.pi / 2]
+        else:  # mug: fingers across the body, roughly along the mug's x axis (handle is along its y axis)
+            candidates = [yaw + k * math.pi / 6 for k in (-1, 0, 1)]
+        candidates = [_nearest_equiv(c, self.yaw_cmd, math.pi) for c in candidates]
+        scored = [(min(self._clearance(obj, p, c), 0.03), -abs(c - self.yaw_cmd), c) for c in candidates]
+        return max(scored)[2]
+
+    def _grip_open(self, obj: str) -> float:
+        return CUBE_GRIP_OPEN if obj.endswith("_cube") else GRIP_OPEN
 
     def _grasp_z(self, obj: str, p: np.ndarray) -> float:
         if obj == "mug":
@@ -135,7 +158,7 @@ class ScriptedExpert:
             yield from self._lift()
             yield from self._move(np.array([p[0], p[1], SAFE_Z]), yaw)
             p, _ = self.world.object_pose(obj)  # re-read once above it
-            yield from self._gripper(GRIP_OPEN, 0)
+            yield from self._gripper(self._grip_open(obj), 0)
             yield from self._move(np.array([p[0], p[1], self._grasp_z(obj, p) + 0.05]), yaw, speed=FAST,
                                   settle_steps=0)
             yield from self._move(np.array([p[0], p[1], self._grasp_z(obj, p)]), yaw, speed=SLOW, settle_steps=5)
@@ -171,8 +194,6 @@ class ScriptedExpert:
             yield from self._move(target, self.yaw_cmd, speed=SLOW, settle_steps=5)
             yield from self._gripper(GRIP_OPEN, 4)
             yield from self._lift()
-            from actquant_core.sim.tasks import goal_satisfied
-
             for _ in range(3):
                 yield
             if goal_satisfied(self.world, goal):

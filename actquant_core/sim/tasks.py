@@ -236,10 +236,7 @@ def sample_layout(task: Task, rng: np.random.Generator, max_tries: int = 2000) -
 
 def apply_layout(world, task: Task, layout: dict[str, tuple[float, float, float]]) -> None:
     """Reset ``world`` with ``task``'s objects at ``layout`` and let them settle."""
-    world.reset(objects=task.objects)
-    for obj, (x, y, yaw) in layout.items():
-        world.set_object_pose(obj, np.array([x, y, REST_Z[obj] + 0.001]), yaw)
-    world.step(SETTLE_S)
+    world.reset(objects=task.objects, layout=layout)
 
 
 def generate_init_states(world, task: Task, n: int = N_INIT_STATES, seed: int = INIT_SEED_BASE) -> np.ndarray:

@@ -55,7 +55,8 @@ class UR3World:
 
     Args:
         model: "ur3" (CB3, 125 Hz) or "ur3e" (e-series, 500 Hz).
-        task: optional ``Task`` (see ``actquant_core.sim.tasks``); ``reset`` then places its objects.
+        task: optional ``Task`` or task key "<suite>/<name>" (see ``actquant_core.sim.tasks``); ``reset``
+            then places its objects (seeded random layout unless an init state is given).
         seed: seed of the world's RNG (used by ``reset`` when a task samples a fresh layout).
         image_size: default render size (pixels, square).
 
@@ -77,6 +78,10 @@ class UR3World:
         self.model = mujoco.MjModel.from_xml_path(str(scene_path(model)))
         self.model.vis.quality.offsamples = 0
         self.data = mujoco.MjData(self.model)
+        if isinstance(task, str):
+            from actquant_core.sim.tasks import get_task
+
+            task = get_task(task)
         self.task = task
         self.rng = np.random.default_rng(seed)
         self.image_size = image_size
@@ -148,6 +153,18 @@ class UR3World:
             return self._target()[0]
 
     @property
+    def joint_target_velocity(self) -> np.ndarray:
+        """Velocity [6] (rad/s) of the current target ramp (0 once the ramp has ended)."""
+        with self.lock:
+            return self._target()[1]
+
+    @property
+    def joint_torques(self) -> np.ndarray:
+        """Joint torques [6] (N m) commanded by the servo in the last substep."""
+        with self.lock:
+            return self.data.ctrl[:6].copy()
+
+    @property
     def drawer(self) -> float:
         """Drawer opening (m), 0 = closed."""
         with self.lock:
@@ -172,20 +189,28 @@ class UR3World:
                     "target": self._target()[0], "gripper_ctrl": self.data.ctrl[[self._grip_act]].copy()}
 
     # ------------------------------------------------------------------ reset
-    def reset(self, init_state: np.ndarray | None = None, objects: Sequence[str] | None = None) -> None:
-        """Reset physics.
+    def reset(self, init_state: np.ndarray | None = None, objects: Sequence[str] | None = None,
+              layout: dict[str, tuple[float, float, float]] | None = None) -> None:
+        """Reset physics; the arm starts at ``home_q()`` with the gripper open.
 
         Args:
-            init_state: optional world part of qpos, ``qpos[6:]`` [nq - 6] (fingers, drawer, objects), as
-                saved in the task init-state files.  The arm always starts at ``home_q()``, gripper open.
+            init_state: world part of qpos, ``qpos[6:]`` [nq - 6] (fingers, drawer, objects), as saved in
+                the task init-state files.
             objects: objects that take part (collide, feel gravity); the others are parked out of view.
-                Default: the task's objects, or all objects when there is no task.
+                Default: the task's objects, or none (empty table) when there is no task.
+            layout: {object: (x, y, yaw)} placements; the objects are set down and settle for 0.3 s.
+        With neither ``init_state`` nor ``layout``, a task's objects get a fresh layout drawn from the
+        world's seeded RNG.
         """
         with self.lock:
             m, d = self.model, self.data
             mujoco.mj_resetData(m, d)
             if objects is None:
-                objects = self.task.objects if self.task is not None else SIM_OBJECTS
+                objects = self.task.objects if self.task is not None else ()
+            if layout is None and init_state is None and self.task is not None:
+                from actquant_core.sim.tasks import sample_layout
+
+                layout = sample_layout(self.task, self.rng)
             unknown = set(objects) - set(SIM_OBJECTS)
             if unknown:
                 raise ValueError(f"unknown objects {sorted(unknown)}; expected names from {SIM_OBJECTS}")
@@ -220,6 +245,28 @@ class UR3World:
             self._ramp_t = 0.0
             self._ramp_T = 0.0
             mujoco.mj_forward(m, d)
+            if layout is not None:
+                from actquant_core.sim.tasks import REST_Z, SETTLE_S
+
+                for obj, (x, y, yaw) in layout.items():
+                    if obj not in objects:
+                        raise ValueError(f"layout places {obj!r}, which is not among the active objects {objects}")
+                    self.set_object_pose(obj, np.array([x, y, REST_Z[obj] + 0.001]), yaw)
+                self.step(SETTLE_S)
+                d.time = 0.0
+
+    def set_arm_q(self, q: np.ndarray) -> None:
+        """Teleport the arm to ``q`` [6] (rad, clipped to the limits) at rest, target = q."""
+        q = np.clip(np.asarray(q, dtype=np.float64), self._lower, self._upper)
+        if q.shape != (6,):
+            raise ValueError(f"arm q must have shape (6,), got {q.shape}")
+        with self.lock:
+            self.data.qpos[:6] = q
+            self.data.qvel[:6] = 0.0
+            self._q_from = q.copy()
+            self._q_to = q.copy()
+            self._ramp_T = 0.0
+            mujoco.mj_forward(self.model, self.data)
 
     def set_object_pose(self, name: str, pos: np.ndarray, yaw: float = 0.0) -> None:
         """Place a free object at ``pos`` [3] (m, world) with a rotation ``yaw`` (rad) about z."""
@@ -360,7 +407,13 @@ class UR3World:
         with self.lock:
             r = self._renderers.get(size)
             if r is None:
-                r = mujoco.Renderer(self.model, size, size)
+                try:
+                    r = mujoco.Renderer(self.model, size, size)
+                except mujoco.FatalError as e:
+                    raise RuntimeError(
+                        f"offscreen rendering unavailable (MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}): {e}. "
+                        "Import actquant_core.sim before mujoco, and install libegl1 libegl-mesa0 "
+                        "libgl1-mesa-dri (egl) or libosmesa6 (MUJOCO_GL=osmesa).") from e
                 self._renderers[size] = r
             r.update_scene(self.data, camera=camera)
             r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0

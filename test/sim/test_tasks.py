@@ -1,0 +1,96 @@
+"""Task suite shape, saved init states, success predicates and scripted experts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actquant_core.constants import SIM_SUITES
+from actquant_core.sim.env import SimEnv, SimEnvConfig
+from actquant_core.sim.expert import ScriptedExpert
+from actquant_core.sim.tasks import (
+    N_INIT_STATES,
+    TASKS,
+    generate_init_states,
+    get_task,
+    load_init_states,
+    suite_tasks,
+    task_success,
+)
+
+INIT_STATE_TOL = 1e-6  # regenerated vs committed init state (same seed)
+
+
+def test_suite_shape():
+    assert len(SIM_SUITES) >= 4
+    for suite in SIM_SUITES:
+        assert len(suite_tasks(suite)) >= 4
+    for suite in SIM_SUITES:
+        instructions = [t.instruction for t in suite_tasks(suite)]
+        assert len(set(instructions)) == len(instructions)
+    with pytest.raises(KeyError, match="unknown task"):
+        get_task("spatial/nope")
+
+
+@pytest.mark.parametrize("task", TASKS, ids=[t.key for t in TASKS])
+def test_init_state_files(task):
+    states = load_init_states(task)
+    assert states.shape[0] == N_INIT_STATES
+    assert np.all(np.isfinite(states))
+    assert len({s.tobytes() for s in states}) == N_INIT_STATES  # all layouts differ
+
+
+def test_init_states_are_reproducible():
+    task = get_task("object/red_cube_bowl")
+    env = SimEnv(task, SimEnvConfig(render=False))
+    try:
+        regenerated = generate_init_states(env.world, task, n=2)
+        np.testing.assert_allclose(regenerated, load_init_states(task)[:2], atol=INIT_STATE_TOL,
+                                   err_msg="regenerate with `python -m actquant_core.sim.tasks --regenerate`")
+    finally:
+        env.close()
+
+
+def _run_expert(key: str, init_index: int) -> tuple[bool, int]:
+    task = get_task(key)
+    env = SimEnv(task, SimEnvConfig(render=False))
+    try:
+        env.reset(init_index)
+        assert not env.success()  # a fresh layout is not already solved
+        expert = ScriptedExpert(env.world, task)
+        while True:
+            _, ok, done = env.step(expert.act(), observe=False)
+            if done:
+                return ok, env.steps
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("key,init_index", [("spatial/right_bowl", 3), ("goal/open_drawer", 0),
+                                            ("goal/mug_on_plate", 5)])
+def test_expert_succeeds(key, init_index):
+    ok, steps = _run_expert(key, init_index)
+    assert ok, f"expert failed on {key} init {init_index} after {steps} steps"
+    assert steps < get_task(key).max_steps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", TASKS, ids=[t.key for t in TASKS])
+def test_expert_success_rate(task):
+    oks = [_run_expert(task.key, i)[0] for i in range(N_INIT_STATES)]
+    assert np.mean(oks) >= 0.95
+
+
+def test_success_predicate_needs_the_right_bowl():
+    task = get_task("spatial/left_bowl")
+    env = SimEnv(task, SimEnvConfig(render=False))
+    try:
+        env.reset(0)
+        w = env.world
+        for bowl, expected in (("bowl_2", False), ("bowl_1", True)):
+            p, _ = w.object_pose(bowl)
+            w.set_object_pose("red_cube", p + np.array([0.0, 0.0, 0.03]))
+            w.step(0.3)
+            assert task_success(w, task) is expected
+    finally:
+        env.close()
