@@ -108,3 +108,16 @@ def test_preprocessing_imports_no_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_small_preset_state_prompt_fits(tok, caplog):
+    cfg = get_preset("pi05-small")
+    assert cfg.discrete_state_input
+    pre = Pi05Preprocessor(cfg, tok, None)
+    with caplog.at_level("WARNING"):
+        inp = pre({"base_0_rgb": np.zeros((224, 224, 3), np.uint8)}, np.array([0.9, -0.9, 0.1, 0.5, -0.5, 0.0, 1.0]),
+                  "pick up the small red cube and put it in the basket on the left side")
+    assert "truncated" not in caplog.text
+    n = int(inp.token_masks.sum())
+    assert n < cfg.max_token_len
+    assert tok.decode(inp.tokens[0, :n].tolist()).endswith("State: 243 12 140 192 64 128 255 128;\nAction: ")

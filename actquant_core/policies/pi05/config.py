@@ -6,9 +6,12 @@ Presets (``get_preset(name)``):
 - ``pi05``: the real model (SigLIP So400m/14, Gemma 2B, Gemma 300m expert).
 - ``pi05-tiny``: every structural feature (MQA, adaRMS, three camera slots, padding), tiny sizes,
   a forward runs in milliseconds on a CPU.  For unit and parity tests.
-- ``pi05-small``: ~18 M parameters; every large matrix has a row length (input dim) that is a
+- ``pi05-small``: ~19 M parameters; every large matrix has a row length (input dim) that is a
   multiple of 256 so GGML K-quants apply.  The size we train in simulation; vocab 1024 matches our
-  own SentencePiece model (``actquant_core/assets/tokenizers``).
+  own SentencePiece model (``actquant_core/assets/tokenizers``).  Unlike openpi's pi05_libero it
+  puts the state in the prompt (``discrete_state_input=True``, ``state_dim=8``: UR3 6 joints +
+  gripper, padded to 8), because a small model trained from scratch needs proprioception; a full
+  prompt is ~40 of the 48 tokens.  Override with ``get_preset("pi05-small").replace(...)``.
 """
 
 from __future__ import annotations
@@ -278,7 +281,8 @@ def _preset_small() -> Pi05Config:
         action_horizon=10,
         max_token_len=48,
         num_steps=10,
-        discrete_state_input=False,
+        state_dim=8,
+        discrete_state_input=True,
     )
 
 
