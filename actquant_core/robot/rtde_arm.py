@@ -1,12 +1,15 @@
 """``RtdeArm``: a Universal Robots arm over RTDE through the ``ur_rtde`` client.
 
 - Connect: ``RTDEReceiveInterface``, ``RTDEControlInterface`` (uploads ur_rtde's control script) and,
-  when a gripper output is configured, ``RTDEIOInterface``.  ``robot_ip`` has no default.  A plain TCP
-  probe of the RTDE port fails fast with an error that names the address; each constructor then runs
-  in a worker thread with a timeout, because ur_rtde constructors can block for a long time (the
-  receive interface waits for its first data package without a timeout).  A constructor that times
-  out leaves its thread behind (it cannot be cancelled); if it completes later, the thread
-  disconnects what it built.
+  when a gripper output is configured, ``RTDEIOInterface``.  ``robot_ip`` has no default.
+  ur_rtde constructors can block for a long time (the receive interface waits for its first data
+  package without a timeout) and they hold the Python GIL while waiting, so no Python-side timeout
+  can interrupt them.  Therefore ``connect`` first runs ``rtde_probe``: the same RTDE handshake in
+  pure Python with a deadline (protocol version, controller version -> checked against ``ur_type``,
+  an output recipe, start, first data package) plus the dashboard greeting; an unreachable, silent
+  or non-RTDE device fails there with an ``ArmConnectionError`` naming the address.  Each
+  constructor then still runs in a worker thread with a timeout (effective for constructors that
+  release the GIL; a late result is disconnected by the worker itself).
 - ``send``: ``servoJ(q, velocity, acceleration, period, lookahead, gain)`` with the parameters validated
   against ur_rtde's limits (lookahead 0.03-0.2 s, gain 100-2000, speed <= 3.14 rad/s,
   acceleration <= 40 rad/s^2); the gripper is a digital output switched with hysteresis.  Returns the
@@ -35,7 +38,9 @@ import ipaddress
 import logging
 import math
 import socket
+import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -171,15 +176,103 @@ def ur_rtde_factories(verbose: bool = False) -> RtdeFactories:
     )
 
 
-def probe_tcp(host: str, port: int, timeout_s: float) -> None:
-    """Open and close a TCP connection; raises ``ArmConnectionError`` naming host:port on failure."""
+# RTDE message types (RTDE protocol v2, big-endian, header = uint16 size incl. header + uint8 type)
+_RTDE_PROTOCOL_VERSION = 86  # 'V'
+_RTDE_URCONTROL_VERSION = 118  # 'v'
+_RTDE_SETUP_OUTPUTS = 79  # 'O'
+_RTDE_START = 83  # 'S'
+_RTDE_PAUSE = 80  # 'P'
+_RTDE_DATA = 85  # 'U'
+
+
+def _rtde_send(sock: socket.socket, kind: int, payload: bytes = b"") -> None:
+    sock.sendall(struct.pack(">HB", 3 + len(payload), kind) + payload)
+
+
+def _rtde_recv(sock: socket.socket, want: int, deadline: float, host: str, what: str) -> bytes:
+    """Read packets until one of type ``want`` arrives (others, e.g. text messages, are skipped)."""
+
+    def read(n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout()
+            sock.settimeout(left)
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("connection closed by the controller")
+            buf += chunk
+        return buf
+
     try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            pass
+        while True:
+            size, kind = struct.unpack(">HB", read(3))
+            payload = read(size - 3) if size > 3 else b""
+            if kind == want:
+                return payload
+    except (socket.timeout, TimeoutError) as exc:
+        raise ArmConnectionError(f"UR controller at {host}: no RTDE answer to {what} "
+                                 f"(the device on port {C.RTDE_PORT} does not speak RTDE or hangs)") from exc
+    except (OSError, ConnectionError, struct.error) as exc:
+        raise ArmConnectionError(f"UR controller at {host}: RTDE {what} failed ({exc})") from exc
+
+
+def rtde_probe(host: str, timeout_s: float) -> tuple[int, int, int, int]:
+    """Check, in pure Python with a deadline, that ``host`` speaks RTDE and streams data.
+
+    ur_rtde's constructors hold the Python GIL while they wait, so a controller that accepts the
+    TCP connection but never answers would freeze the whole process (a worker thread cannot time them
+    out).  This probe runs the same handshake first: protocol version 2, controller version, one output
+    recipe ("timestamp"), start, first data package, pause.
+
+    Returns:
+        The controller version (major, minor, bugfix, build).
+
+    Raises:
+        ArmConnectionError: naming ``host`` on any failure or when ``timeout_s`` is exceeded.
+    """
+    deadline = time.monotonic() + timeout_s
+    try:
+        sock = socket.create_connection((host, C.RTDE_PORT), timeout=timeout_s)
     except OSError as exc:
         raise ArmConnectionError(
-            f"UR controller at {host} is unreachable: TCP connect to {host}:{port} failed within "
+            f"UR controller at {host} is unreachable: TCP connect to {host}:{C.RTDE_PORT} failed within "
             f"{timeout_s:.1f} s ({exc})") from exc
+    with sock:
+        _rtde_send(sock, _RTDE_PROTOCOL_VERSION, struct.pack(">H", 2))
+        if _rtde_recv(sock, _RTDE_PROTOCOL_VERSION, deadline, host, "protocol version request")[:1] != b"\x01":
+            raise ArmConnectionError(f"UR controller at {host} refused RTDE protocol version 2")
+        _rtde_send(sock, _RTDE_URCONTROL_VERSION)
+        version = struct.unpack(">IIII", _rtde_recv(sock, _RTDE_URCONTROL_VERSION, deadline, host,
+                                                     "controller version request")[:16])
+        _rtde_send(sock, _RTDE_SETUP_OUTPUTS, struct.pack(">d", 10.0) + b"timestamp")
+        answer = _rtde_recv(sock, _RTDE_SETUP_OUTPUTS, deadline, host, "output setup")
+        if b"NOT_FOUND" in answer[1:]:
+            raise ArmConnectionError(f"UR controller at {host} does not offer the RTDE output 'timestamp'")
+        _rtde_send(sock, _RTDE_START)
+        if _rtde_recv(sock, _RTDE_START, deadline, host, "start request")[:1] != b"\x01":
+            raise ArmConnectionError(f"UR controller at {host} refused to start RTDE streaming")
+        _rtde_recv(sock, _RTDE_DATA, deadline, host, "start (no data package streamed)")
+        try:
+            _rtde_send(sock, _RTDE_PAUSE)
+        except OSError:
+            pass
+    return version
+
+
+def probe_dashboard(host: str, timeout_s: float) -> str:
+    """Read the dashboard server's greeting line (port 29999) within ``timeout_s``."""
+    try:
+        with socket.create_connection((host, C.RTDE_DASHBOARD_PORT), timeout=timeout_s) as sock:
+            sock.settimeout(timeout_s)
+            greeting = sock.recv(1024).decode(errors="replace").strip()
+    except OSError as exc:
+        raise ArmConnectionError(f"UR dashboard server at {host}:{C.RTDE_DASHBOARD_PORT} did not answer "
+                                 f"within {timeout_s:.1f} s ({exc})") from exc
+    if not greeting:
+        raise ArmConnectionError(f"UR dashboard server at {host}:{C.RTDE_DASHBOARD_PORT} sent no greeting")
+    return greeting
 
 
 def construct_with_timeout(factory: Callable[[], Any], what: str, host: str, timeout_s: float) -> Any:
@@ -282,7 +375,13 @@ class RtdeArm:
             if self.connected:
                 return
             fac = self._factories or ur_rtde_factories(cfg.verbose)
-            probe_tcp(ip, C.RTDE_PORT, min(cfg.connect_timeout_s, 5.0))
+            version = rtde_probe(ip, cfg.connect_timeout_s)
+            eseries = version[0] >= 5
+            if eseries != (cfg.ur_type == C.UR_TYPE_UR3E):
+                raise ArmConnectionError(
+                    f"ur_type={cfg.ur_type!r} but the controller at {ip} reports version "
+                    f"{'.'.join(map(str, version))} ({'e-series' if eseries else 'CB3'})")
+            probe_dashboard(ip, cfg.connect_timeout_s)
             rate = cfg.rate_hz
             try:
                 self._r = construct_with_timeout(lambda: fac.receive(ip, rate), "RTDEReceiveInterface", ip,
