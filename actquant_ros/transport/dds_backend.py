@@ -93,11 +93,12 @@ def _delete_entity(entity: Any) -> None:
 class DdsPublisher:
     """Publisher on one topic.  ``publish`` is thread-safe."""
 
-    def __init__(self, msg_type: type, topic: str, writer: DataWriter, encode: Encoder) -> None:
+    def __init__(self, msg_type: type, topic: str, writer: DataWriter, encode: Encoder, is_closed: Callable[[], bool]) -> None:
         self.msg_type = msg_type
         self.topic = topic
         self._writer = writer
         self._encode = encode
+        self._is_closed = is_closed
 
     def publish(self, msg: Any) -> None:
         """Serialise and send ``msg`` (must be an instance of ``msg_type``)."""
@@ -107,6 +108,8 @@ class DdsPublisher:
 
     def publish_cdr(self, payload: bytes | memoryview) -> None:
         """Send already-serialised CDR bytes (with encapsulation header), e.g. from a rosbag."""
+        if self._is_closed():
+            raise RuntimeError(f"cannot publish on {self.topic!r}: its node is shut down")
         data = bytes(payload)
         if len(data) < 4:
             raise ValueError(f"CDR payload of {len(data)} bytes lacks the 4-byte encapsulation header")
@@ -250,7 +253,7 @@ class DdsNode(Node):
             writer = DataWriter(self._dp, self._topic(msg_type, fq), qos=dds_qos(qos))
             self._entities.append(writer)
         self._logger.debug("publisher %s [%s] %s", fq, msg_type.__name__, qos)
-        return DdsPublisher(msg_type, fq, writer, encode)
+        return DdsPublisher(msg_type, fq, writer, encode, lambda: self._shutdown)
 
     def create_subscription(
         self,
@@ -315,10 +318,11 @@ class DdsNode(Node):
 
     # -- execution ----------------------------------------------------------------------------------
     def spin_once(self, timeout_s: float | None = None) -> bool:
-        if self._shutdown:
-            return False
-        self._idle.clear()
-        self._spin_thread = threading.get_ident()
+        with self._lock:  # ordered against shutdown(): either we see the flag or it waits for us
+            if self._shutdown:
+                return False
+            self._idle.clear()
+            self._spin_thread = threading.get_ident()
         try:
             with self._lock:
                 timers = [t for t in self._timers if not t.is_canceled]
@@ -355,9 +359,10 @@ class DdsNode(Node):
             self._logger.info("interrupted")
 
     def shutdown(self) -> None:
-        if self._shutdown:
-            return
-        self._shutdown = True
+        with self._lock:
+            if self._shutdown:
+                return
+            self._shutdown = True
         self._guard.set(True)
         if self._spin_thread == threading.get_ident():
             return  # called from a callback: spin_once releases on its way out

@@ -292,3 +292,5 @@ def test_spin_in_thread_and_shutdown_from_main_thread(node):
     node.shutdown()
     thread.join(timeout=3.0)
     assert not thread.is_alive()
+    with pytest.raises(RuntimeError, match="'/threaded': its node is shut down"):
+        pub.publish(V.numpy_to_joint_state(["a"], [1.0]))
