@@ -404,23 +404,40 @@ class RtdeArm:
         log.info("connected to UR controller at %s (%s, %.0f Hz, lookahead %.3f s, gain %.0f)",
                  ip, cfg.ur_type, rate, cfg.lookahead_time_s, cfg.gain)
 
-    def recover(self) -> None:
-        """Bring the control script back after a cleared fault (reconnects a lost connection)."""
+    def recover(self, timeout_s: float = 5.0) -> None:
+        """Bring the control script back after a cleared fault (reconnects a lost connection).
+
+        Raises:
+            ArmFaultError: a protective / emergency / safeguard stop is still active (it must be
+                cleared on the pendant or dashboard first), or the script does not start in time.
+        """
+        cfg = self.config
         with self._lock:
             if not self.connected:
                 self.connect()
                 return
-            if not self._c.isConnected() or not self._r.isConnected():
-                log.info("RTDE connection to %s lost: reconnecting", self.config.robot_ip)
-                if not self._r.isConnected():
-                    self._r.reconnect()
-                if not self._c.isConnected():
-                    self._c.reconnect()
+            if not self._r.isConnected():
+                log.info("RTDE receive connection to %s lost: reconnecting", cfg.robot_ip)
+                self._r.reconnect()
+            if not self._c.isConnected():
+                log.info("RTDE control connection to %s lost: reconnecting", cfg.robot_ip)
+                self._c.reconnect()
+            blocking = [f for f in faults_from_status(self._r.getSafetyStatusBits(), C.RTDE_RUNTIME_STATE_PLAYING,
+                                                      True)]
+            if blocking:
+                raise ArmFaultError(f"UR controller at {cfg.robot_ip} still reports {blocking}: clear it on the "
+                                    f"teach pendant / dashboard before recovering")
             if not self._c.isProgramRunning():
-                log.info("control script not running on %s: re-uploading", self.config.robot_ip)
+                log.info("control script not running on %s: re-uploading", cfg.robot_ip)
                 self._c.reuploadScript()
-            if self.config.use_watchdog:
-                self._c.setWatchdog(self.config.watchdog_min_frequency_hz)
+                deadline = time.monotonic() + timeout_s
+                while not self._c.isProgramRunning():
+                    if time.monotonic() > deadline:
+                        raise ArmFaultError(f"control script did not start on {cfg.robot_ip} within {timeout_s} s")
+                    time.sleep(0.01)
+            if cfg.use_watchdog:
+                if not self._c.setWatchdog(cfg.watchdog_min_frequency_hz):
+                    raise ArmFaultError(f"setWatchdog refused by the UR controller at {cfg.robot_ip}")
                 self._last_package = self.clock.now()
 
     # -- Arm protocol -----------------------------------------------------------------------------
