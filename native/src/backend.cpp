@@ -80,6 +80,8 @@ void Backend::alloc(ggml_cgraph * graph, size_t graph_size) {
 }
 
 void Backend::run(ggml_cgraph * graph) {
+    if (sched_ == nullptr) throw Error("Backend::run before alloc");
+    ggml_backend_sched_set_eval_callback(sched_, eval_cb_, eval_user_);
     const ggml_status st = ggml_backend_sched_graph_compute(sched_, graph);
     if (st != GGML_STATUS_SUCCESS) {
         throw Error("graph compute failed on " + description_ + " (status " + std::to_string((int) st) + ")");

@@ -35,6 +35,11 @@ public:
     void alloc(ggml_cgraph * graph, size_t graph_size);
     // Phase 3: computes an allocated graph.
     void run(ggml_cgraph * graph);
+    // Observer called by the scheduler for nodes it asks about (stage timing, debugging); null to clear.
+    void set_eval_callback(ggml_backend_sched_eval_callback cb, void * user) {
+        eval_cb_ = cb;
+        eval_user_ = user;
+    }
 
 private:
     std::vector<ggml_backend_t> backends_;
@@ -43,6 +48,8 @@ private:
     size_t sched_graph_size_ = 0;
     std::string description_;
     int n_threads_ = 1;
+    ggml_backend_sched_eval_callback eval_cb_ = nullptr;
+    void * eval_user_ = nullptr;
 };
 
 // Whether this build has the CUDA backend and how many devices it sees.

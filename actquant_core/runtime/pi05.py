@@ -1,0 +1,134 @@
+"""π₀.₅ policy runtime: GGUF -> native GGML graph; numpy preprocessing shared with the torch reference.
+
+No torch here: an edge computer needs numpy, OpenCV, SentencePiece and the native module only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from actquant_core import constants as C
+from actquant_core import native
+from actquant_core.policies.common.normalize import NormStats
+from actquant_core.policies.common.tokenizer import SentencePieceTokenizer
+from actquant_core.policies.pi05.config import Pi05Config
+from actquant_core.policies.pi05.preprocess import Pi05Inputs, Pi05Preprocessor
+from actquant_core.runtime.types import ActionChunk, Observation
+
+log = logging.getLogger(__name__)
+
+
+def pi05_hparams(cfg: Pi05Config) -> dict[str, Any]:
+    """The native graph's hyper-parameters from the config (the GGUF's actquant.config_json)."""
+    d = cfg.to_dict()
+    keys = (
+        "image_size patch_size vision_width vision_depth vision_mlp vision_heads vision_ln_eps lm_width lm_depth "
+        "num_heads num_kv_heads head_dim lm_mlp vocab_size rms_eps rope_theta expert_width expert_mlp action_dim "
+        "action_horizon max_token_len num_steps time_min_period time_max_period"
+    ).split()
+    h = {k: d[k] for k in keys}
+    h["embed_scale"] = float(cfg.embed_scale)
+    h["num_cameras"] = cfg.num_cameras
+    h["mask_value"] = float(C.PI05_MASK_VALUE)
+    return h
+
+
+class Pi05Runtime:
+    """Loads a π₀.₅ GGUF once; ``infer(obs) -> ActionChunk``.
+
+    Args:
+        gguf_path: a policy GGUF written by ``actquant export`` / ``actquant quantize``.
+        n_threads: CPU threads (default: the CPUs of this process).
+        device: "cpu" | "cuda" | "cuda:N".
+        tokenizer_path: SentencePiece model overriding the one embedded in the GGUF (required when the GGUF
+            has none, e.g. real PaliGemma checkpoints exported without the user-supplied tokenizer).
+        seed: seed of the flow-matching noise (one generator per runtime: reproducible call sequences).
+    """
+
+    family = C.PI05_FAMILY
+
+    def __init__(
+        self,
+        gguf_path: str | os.PathLike[str],
+        *,
+        n_threads: int | None = None,
+        device: str = "cpu",
+        tokenizer_path: str | os.PathLike[str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.path = os.fspath(gguf_path)
+        meta = native.GgufModel(self.path)  # header only: validates the file, no tensor placement
+        family = meta.metadata(C.KEY_FAMILY)
+        if family != C.PI05_FAMILY:
+            raise ValueError(f"GGUF {self.path!r} holds a {family!r} policy, not {C.PI05_FAMILY!r}")
+        self.config = Pi05Config.from_dict(json.loads(meta.metadata(C.KEY_CONFIG_JSON)))
+        keys = set(meta.metadata_keys())
+        self.norm_stats = (
+            NormStats.from_json(meta.metadata(C.KEY_NORM_STATS_JSON)) if C.KEY_NORM_STATS_JSON in keys else None
+        )
+        if tokenizer_path is not None:
+            tok = SentencePieceTokenizer.from_file(tokenizer_path)
+        elif C.KEY_TOKENIZER_MODEL in keys:
+            tok = SentencePieceTokenizer(meta.metadata(C.KEY_TOKENIZER_MODEL), source=f"{self.path}:tokenizer")
+        else:
+            raise ValueError(
+                f"GGUF {self.path!r} has no embedded tokenizer ({C.KEY_TOKENIZER_MODEL}); pass tokenizer_path= "
+                "(the PaliGemma SentencePiece model is user-supplied)"
+            )
+        self.preprocessor = Pi05Preprocessor(self.config, tok, self.norm_stats)
+        self.plan_summary = json.loads(meta.metadata(C.KEY_QUANT_PLAN_SUMMARY)) if C.KEY_QUANT_PLAN_SUMMARY in keys else None
+        self.file_size = meta.file_size
+        del meta
+        self._rt = native.native_module().Pi05Runtime(
+            self.path, pi05_hparams(self.config), n_threads or native.default_threads(), device
+        )
+        self._rng = np.random.default_rng(seed)
+        log.info("pi05 runtime: %s on %s (%.1f MB)", self.path, self._rt.backend, self.file_size / 1e6)
+
+    @property
+    def backend(self) -> str:
+        return self._rt.backend
+
+    def sample_noise(self) -> np.ndarray:
+        c = self.config
+        return self._rng.standard_normal((c.action_horizon, c.action_dim)).astype(np.float32)
+
+    def infer_model_inputs(
+        self, inputs: Pi05Inputs, noise: np.ndarray | None = None, collect: list[str] | tuple[str, ...] = ()
+    ) -> tuple[np.ndarray, dict[str, float], dict[str, np.ndarray]]:
+        """Native forward on already-preprocessed inputs (batch of one).
+
+        Returns (normalised padded actions [H, action_dim], timing ms, named intermediates)."""
+        if inputs.images.shape[0] != 1:
+            raise ValueError(f"the native runtime runs one observation at a time, got batch {inputs.images.shape[0]}")
+        noise = self.sample_noise() if noise is None else np.asarray(noise, np.float32).reshape(
+            self.config.action_horizon, self.config.action_dim)
+        return self._rt.infer(
+            inputs.images[0], inputs.image_masks[0].astype(np.uint8), inputs.tokens[0].astype(np.int32),
+            inputs.token_masks[0].astype(np.uint8), noise, list(collect),
+        )
+
+    def infer(self, obs: Observation, noise: np.ndarray | None = None) -> ActionChunk:
+        """Observation (images by slot name, state, instruction) -> unnormalised action chunk."""
+        t0 = time.perf_counter()
+        unknown = set(obs.images) - set(self.config.camera_slots)
+        if unknown:
+            raise ValueError(f"unknown camera slot(s) {sorted(unknown)}; this policy has {list(self.config.camera_slots)}")
+        if not obs.images:
+            raise ValueError("observation has no camera image")
+        inputs = self.preprocessor(obs.images, obs.state, obs.instruction)
+        t1 = time.perf_counter()
+        actions, timing, _ = self.infer_model_inputs(inputs, noise)
+        if not np.all(np.isfinite(actions)):
+            raise FloatingPointError("pi05: the policy produced non-finite actions")
+        out = self.preprocessor.unnormalize_actions(actions)
+        timing = dict(timing)
+        timing["preprocess"] = (t1 - t0) * 1e3
+        timing["total"] = (time.perf_counter() - t0) * 1e3
+        return ActionChunk(actions=out, stamp=obs.stamp, timing_ms=timing)

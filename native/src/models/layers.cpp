@@ -1,0 +1,63 @@
+#include "layers.h"
+
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+
+namespace actquant {
+
+ggml_tensor * layer_linear(ggml_context * ctx, ggml_tensor * W, ggml_tensor * b, ggml_tensor * x) {
+    ggml_tensor * y = ggml_mul_mat(ctx, W, x);
+    return b ? ggml_add(ctx, y, b) : y;
+}
+
+ggml_tensor * layer_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_tensor * b, float eps) {
+    x = ggml_norm(ctx, x, eps);
+    if (w) x = ggml_mul(ctx, x, w);
+    if (b) x = ggml_add(ctx, x, b);
+    return x;
+}
+
+ggml_tensor * layer_rms_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, float eps) {
+    x = ggml_rms_norm(ctx, x, eps);
+    return w ? ggml_mul(ctx, x, w) : x;
+}
+
+ggml_tensor * layer_gelu_tanh(ggml_context * ctx, ggml_tensor * x) {
+    const float k = std::sqrt(2.0f / (float) M_PI);
+    ggml_tensor * a = ggml_scale_bias(ctx, ggml_sqr(ctx, x), 0.044715f, 1.0f);  // 1 + 0.044715 x^2
+    ggml_tensor * t = ggml_tanh(ctx, ggml_scale(ctx, ggml_mul(ctx, x, a), k));
+    return ggml_mul(ctx, x, ggml_scale_bias(ctx, t, 0.5f, 0.5f));
+}
+
+ggml_tensor * layer_attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v,
+                              ggml_tensor * mask, float scale) {
+    const int64_t hd = q->ne[0], N = q->ne[1], Lq = q->ne[2], B = q->ne[3];
+    ggml_tensor * qp = ggml_permute(ctx, q, 0, 2, 1, 3);  // [hd, Lq, N, B]
+    ggml_tensor * kp = ggml_permute(ctx, k, 0, 2, 1, 3);  // [hd, Lk, K, B]
+    ggml_tensor * kq = ggml_mul_mat(ctx, kp, qp);         // [Lk, Lq, N, B]
+    ggml_mul_mat_set_prec(kq, GGML_PREC_F32);
+    kq = ggml_soft_max_ext(ctx, kq, mask, scale, 0.0f);
+    ggml_tensor * vt = ggml_cont(ctx, ggml_permute(ctx, v, 1, 2, 0, 3));  // [Lk, hd, K, B]
+    ggml_tensor * kqv = ggml_mul_mat(ctx, vt, kq);                         // [hd, Lq, N, B]
+    ggml_tensor * out = ggml_permute(ctx, kqv, 0, 2, 1, 3);                // [hd, N, Lq, B]
+    return ggml_cont_3d(ctx, out, hd * N, Lq, B);
+}
+
+ggml_tensor * layer_name(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * t, bool keep, const char * fmt, ...) {
+    char buf[GGML_MAX_NAME];
+    va_list ap;
+    va_start(ap, fmt);
+    std::vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    // A kept view would not keep its source's memory alive through allocation: keep a copy instead.
+    if (keep && t->view_src != nullptr) t = ggml_cont(ctx, t);
+    ggml_set_name(t, buf);
+    if (keep) {
+        ggml_set_output(t);
+        ggml_build_forward_expand(gf, t);
+    }
+    return t;
+}
+
+}  // namespace actquant

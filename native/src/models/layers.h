@@ -1,0 +1,36 @@
+// layers.h — graph building blocks shared by every model family (phase 1: no allocation happens here).
+//
+// Layout conventions (GGML order, ne[0] first): a token sequence is [width, L] (optionally [width, L, B]);
+// attention heads are [head_dim, n_heads, L(, B)]; weights are HF [out, in] matrices, i.e. ggml ne=[in, out],
+// so ggml_mul_mat(W, x) = x @ W.T.
+#pragma once
+
+#include "ggml.h"
+
+namespace actquant {
+
+// y = W x (+ b). b may be null.
+ggml_tensor * layer_linear(ggml_context * ctx, ggml_tensor * W, ggml_tensor * b, ggml_tensor * x);
+
+// LayerNorm over ne[0] with affine (w, b may be null).
+ggml_tensor * layer_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_tensor * b, float eps);
+
+// RMSNorm over ne[0] times w (w may be null). Gemma's (1 + w) is folded into w at export.
+ggml_tensor * layer_rms_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, float eps);
+
+// gelu_pytorch_tanh composed exactly: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+// (ggml_gelu goes through an FP16 table, ~2.4e-4 relative per element; see reference ggml.md.)
+ggml_tensor * layer_gelu_tanh(ggml_context * ctx, ggml_tensor * x);
+
+// Softmax attention with grouped KV heads.
+//   q: [hd, N, Lq, B], k: [hd, K, Lk, B], v: [hd, K, Lk, B] (N % K == 0; query head n uses kv head n / (N/K))
+//   mask: [Lk, Lq] f32 added to the scaled logits (0 or a large negative finite value), or null.
+// Returns [hd*N, Lq, B].
+ggml_tensor * layer_attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v,
+                              ggml_tensor * mask, float scale);
+
+// Names t (printf-style) and marks it as a graph output when keep is true, so it survives allocation
+// and can be read back for parity dumps.
+ggml_tensor * layer_name(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * t, bool keep, const char * fmt, ...);
+
+}  // namespace actquant

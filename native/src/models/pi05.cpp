@@ -1,0 +1,356 @@
+// pi05.cpp — π₀.₅ graph (see pi05.h). Mirrors actquant_core/policies/pi05/model.py operation by operation.
+#include "pi05.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <set>
+#include <sstream>
+
+#include "errors.h"
+#include "graph-exec.h"
+#include "models/layers.h"
+
+namespace actquant {
+
+namespace {
+
+using clk = std::chrono::steady_clock;
+
+double ms_since(clk::time_point t0) {
+    return std::chrono::duration<double, std::milli>(clk::now() - t0).count();
+}
+
+std::string fmt_name(const char * f, int i) {
+    char buf[128];
+    std::snprintf(buf, sizeof(buf), f, i);
+    return buf;
+}
+
+// Stage markers observed through the scheduler's eval callback (timing without splitting the graph by hand).
+struct stage_timer {
+    clk::time_point t0;
+    std::map<std::string, double> at_ms;
+};
+
+bool stage_cb(ggml_tensor * t, bool ask, void * user) {
+    const bool is_marker = std::strncmp(t->name, "stage:", 6) == 0;
+    if (ask) return is_marker;
+    auto * st = (stage_timer *) user;
+    if (is_marker) st->at_ms[t->name + 6] = ms_since(st->t0);
+    return true;
+}
+
+}  // namespace
+
+pi05_hparams pi05_default_hparams() { return pi05_hparams{}; }
+
+Pi05Runtime::Pi05Runtime(const std::string & gguf_path, const pi05_hparams & hp, const backend_params & bp) : hp_(hp) {
+    if (hp.image_size % hp.patch_size != 0) throw Error("pi05: image_size must be a multiple of patch_size");
+    if (hp.v_width % hp.v_heads != 0) throw Error("pi05: vision width must be a multiple of vision heads");
+    if (hp.n_heads % hp.n_kv_heads != 0) throw Error("pi05: n_heads must be a multiple of n_kv_heads");
+    if (hp.num_steps < 1 || hp.horizon < 1 || hp.n_cameras < 1) throw Error("pi05: num_steps, horizon, n_cameras >= 1");
+    backend_ = std::make_unique<Backend>(bp);
+    model_ = std::make_unique<GgufModel>(gguf_path, backend_.get());
+    validate_tensors();
+}
+
+void Pi05Runtime::validate_tensors() const {
+    const auto & h = hp_;
+    const int64_t pp3 = 3LL * h.patch_size * h.patch_size, qd = (int64_t) h.n_heads * h.head_dim,
+                  kvd = (int64_t) h.n_kv_heads * h.head_dim;
+    const GgufModel & m = *model_;
+    m.get("v.patch_embd.weight", {h.v_width, pp3});
+    m.get("v.patch_embd.bias", {h.v_width});
+    m.get("v.position_embd.weight", {h.n_patches(), h.v_width});
+    for (int i = 0; i < h.v_depth; ++i) {
+        for (const char * n : {"ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "attn_q.bias", "attn_k.bias",
+                               "attn_v.bias", "attn_out.bias", "ffn_down.bias"}) {
+            m.get(fmt_name("v.blk.%d.", i) + n, {h.v_width});
+        }
+        for (const char * n : {"attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_out.weight"}) {
+            m.get(fmt_name("v.blk.%d.", i) + n, {h.v_width, h.v_width});
+        }
+        m.get(fmt_name("v.blk.%d.ffn_up.weight", i), {h.v_mlp, h.v_width});
+        m.get(fmt_name("v.blk.%d.ffn_up.bias", i), {h.v_mlp});
+        m.get(fmt_name("v.blk.%d.ffn_down.weight", i), {h.v_width, h.v_mlp});
+    }
+    m.get("v.post_ln.weight", {h.v_width});
+    m.get("v.post_ln.bias", {h.v_width});
+    m.get("mm.proj.weight", {h.lm_width, h.v_width});
+    m.get("mm.proj.bias", {h.lm_width});
+    m.get("lm.token_embd.weight", {h.vocab, h.lm_width});
+    for (int i = 0; i < h.depth; ++i) {
+        const std::string L = fmt_name("lm.blk.%d.", i), E = fmt_name("ex.blk.%d.", i);
+        m.get(L + "attn_norm.weight", {h.lm_width});
+        m.get(L + "ffn_norm.weight", {h.lm_width});
+        m.get(L + "attn_q.weight", {qd, h.lm_width});
+        m.get(L + "attn_k.weight", {kvd, h.lm_width});
+        m.get(L + "attn_v.weight", {kvd, h.lm_width});
+        m.get(L + "attn_output.weight", {h.lm_width, qd});
+        m.get(L + "ffn_gate.weight", {h.lm_mlp, h.lm_width});
+        m.get(L + "ffn_up.weight", {h.lm_mlp, h.lm_width});
+        m.get(L + "ffn_down.weight", {h.lm_width, h.lm_mlp});
+        m.get(E + "attn_norm_ada.weight", {3LL * h.ex_width, h.ex_width});
+        m.get(E + "attn_norm_ada.bias", {3LL * h.ex_width});
+        m.get(E + "ffn_norm_ada.weight", {3LL * h.ex_width, h.ex_width});
+        m.get(E + "ffn_norm_ada.bias", {3LL * h.ex_width});
+        m.get(E + "attn_q.weight", {qd, h.ex_width});
+        m.get(E + "attn_k.weight", {kvd, h.ex_width});
+        m.get(E + "attn_v.weight", {kvd, h.ex_width});
+        m.get(E + "attn_output.weight", {h.ex_width, qd});
+        m.get(E + "ffn_gate.weight", {h.ex_mlp, h.ex_width});
+        m.get(E + "ffn_up.weight", {h.ex_mlp, h.ex_width});
+        m.get(E + "ffn_down.weight", {h.ex_width, h.ex_mlp});
+    }
+    m.get("ex.output_norm_ada.weight", {3LL * h.ex_width, h.ex_width});
+    m.get("ex.output_norm_ada.bias", {3LL * h.ex_width});
+    m.get("act.in_proj.weight", {h.ex_width, h.action_dim});
+    m.get("act.in_proj.bias", {h.ex_width});
+    m.get("act.out_proj.weight", {h.action_dim, h.ex_width});
+    m.get("act.out_proj.bias", {h.action_dim});
+    m.get("time.mlp_in.weight", {h.ex_width, h.ex_width});
+    m.get("time.mlp_in.bias", {h.ex_width});
+    m.get("time.mlp_out.weight", {h.ex_width, h.ex_width});
+    m.get("time.mlp_out.bias", {h.ex_width});
+}
+
+pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::string> & collect) {
+    const auto t_total = clk::now();
+    const auto & h = hp_;
+    const GgufModel & m = *model_;
+    const int C = h.n_cameras, S = h.image_size, p = h.patch_size, P = h.n_patches(), T = h.max_tokens;
+    const int Lp = h.prefix_len(), H = h.horizon, A = h.action_dim;
+    const int vhd = h.v_width / h.v_heads;
+    const std::set<std::string> want(collect.begin(), collect.end());
+    auto keep = [&](const std::string & n) { return want.count(n) > 0; };
+
+    // ---- host-side inputs -------------------------------------------------------------------------
+    for (size_t i = 0, n = (size_t) H * A; i < n; ++i) {
+        if (!std::isfinite(in.noise[i])) throw Error("pi05: noise has a non-finite value at index " + std::to_string(i));
+    }
+    for (size_t i = 0, n = (size_t) C * 3 * S * S; i < n; ++i) {
+        if (!std::isfinite(in.images[i])) throw Error("pi05: image data has a non-finite value at index " + std::to_string(i));
+    }
+    // im2col: patches [C, P, 3*p*p], column index c*p*p + ky*p + kx, patches row-major (py, px).
+    const int g = S / p;
+    std::vector<float> patches((size_t) C * P * 3 * p * p);
+    for (int cam = 0; cam < C; ++cam)
+        for (int py = 0; py < g; ++py)
+            for (int px = 0; px < g; ++px) {
+                float * dst = patches.data() + ((size_t) cam * P + py * g + px) * 3 * p * p;
+                for (int c = 0; c < 3; ++c)
+                    for (int ky = 0; ky < p; ++ky)
+                        for (int kx = 0; kx < p; ++kx)
+                            dst[(c * p + ky) * p + kx] =
+                                in.images[(((size_t) cam * 3 + c) * S + py * p + ky) * S + px * p + kx];
+            }
+    // Prefix validity, positions (cumsum(valid) - 1) and masks.
+    std::vector<uint8_t> valid(Lp);
+    for (int cam = 0; cam < C; ++cam)
+        for (int j = 0; j < P; ++j) valid[cam * P + j] = in.image_mask[cam] ? 1 : 0;
+    for (int j = 0; j < T; ++j) {
+        if (in.tokens[j] < 0 || in.tokens[j] >= h.vocab) {
+            throw Error("pi05: token id " + std::to_string(in.tokens[j]) + " at position " + std::to_string(j) +
+                        " is outside the vocabulary [0, " + std::to_string(h.vocab) + ")");
+        }
+        valid[C * P + j] = in.token_mask[j] ? 1 : 0;
+    }
+    std::vector<int32_t> pos_prefix(Lp), pos_suffix(H);
+    int n_valid = 0;
+    for (int j = 0; j < Lp; ++j) {
+        n_valid += valid[j];
+        pos_prefix[j] = n_valid - 1;
+    }
+    for (int j = 0; j < H; ++j) pos_suffix[j] = n_valid + j;
+    std::vector<float> mask_prefix((size_t) Lp * Lp), mask_suffix((size_t) H * (Lp + H));
+    for (int q = 0; q < Lp; ++q)
+        for (int k = 0; k < Lp; ++k) mask_prefix[(size_t) q * Lp + k] = (valid[q] && valid[k]) ? 0.0f : h.mask_value;
+    for (int q = 0; q < H; ++q)
+        for (int k = 0; k < Lp + H; ++k) mask_suffix[(size_t) q * (Lp + H) + k] = (k >= Lp || valid[k]) ? 0.0f : h.mask_value;
+    // Time embeddings (posemb_sincos in float64, then float32), one per Euler step.
+    const double dt = -1.0 / h.num_steps;
+    const int half = h.ex_width / 2;
+    std::vector<float> temb((size_t) h.num_steps * h.ex_width);
+    for (int s = 0; s < h.num_steps; ++s) {
+        const double t = (double) (float) (1.0 + s * dt);  // the reference builds t as float32
+        for (int j = 0; j < half; ++j) {
+            const double frac = half > 1 ? (double) j / (half - 1) : 0.0;
+            const double period = h.t_min_period * std::pow(h.t_max_period / h.t_min_period, frac);
+            const double x = t * (2.0 * M_PI / period);
+            temb[(size_t) s * h.ex_width + j] = (float) std::sin(x);
+            temb[(size_t) s * h.ex_width + half + j] = (float) std::cos(x);
+        }
+    }
+
+    // ---- phase 1: build the graph (no allocation) ---------------------------------------------------
+    auto t_build = clk::now();
+    GraphContext G(65536);
+    ggml_context * ctx = G.ctx();
+    ggml_cgraph * gf = G.graph();
+    ggml_tensor * in_patches = G.input("patches", {3LL * p * p, P, C});
+    ggml_tensor * in_tokens = G.input("tokens", {T}, GGML_TYPE_I32);
+    ggml_tensor * in_pos_prefix = G.input("pos_prefix", {Lp}, GGML_TYPE_I32);
+    ggml_tensor * in_pos_suffix = G.input("pos_suffix", {H}, GGML_TYPE_I32);
+    ggml_tensor * in_mask_prefix = G.input("mask_prefix", {Lp, Lp});
+    ggml_tensor * in_mask_suffix = G.input("mask_suffix", {Lp + H, H});
+    ggml_tensor * in_noise = G.input("noise", {A, H});
+    ggml_tensor * in_temb = G.input("time_emb", {h.ex_width, h.num_steps});
+
+    // Vision: all cameras as one batch. x [v_width, P, C].
+    ggml_tensor * x = layer_linear(ctx, m.get("v.patch_embd.weight"), m.get("v.patch_embd.bias"), in_patches);
+    x = ggml_add(ctx, x, m.get("v.position_embd.weight"));
+    for (int i = 0; i < h.v_depth; ++i) {
+        auto W = [&](const char * n) { return m.get(fmt_name("v.blk.%d.", i) + n); };
+        ggml_tensor * hN = layer_norm(ctx, x, W("ln1.weight"), W("ln1.bias"), h.v_ln_eps);
+        ggml_tensor * q = ggml_reshape_4d(ctx, layer_linear(ctx, W("attn_q.weight"), W("attn_q.bias"), hN), vhd, h.v_heads, P, C);
+        ggml_tensor * k = ggml_reshape_4d(ctx, layer_linear(ctx, W("attn_k.weight"), W("attn_k.bias"), hN), vhd, h.v_heads, P, C);
+        ggml_tensor * v = ggml_reshape_4d(ctx, layer_linear(ctx, W("attn_v.weight"), W("attn_v.bias"), hN), vhd, h.v_heads, P, C);
+        ggml_tensor * a = layer_attention(ctx, q, k, v, nullptr, 1.0f / std::sqrt((float) vhd));
+        x = ggml_add(ctx, x, layer_linear(ctx, W("attn_out.weight"), W("attn_out.bias"), a));
+        hN = layer_norm(ctx, x, W("ln2.weight"), W("ln2.bias"), h.v_ln_eps);
+        hN = layer_gelu_tanh(ctx, layer_linear(ctx, W("ffn_up.weight"), W("ffn_up.bias"), hN));
+        x = ggml_add(ctx, x, layer_linear(ctx, W("ffn_down.weight"), W("ffn_down.bias"), hN));
+    }
+    x = layer_norm(ctx, x, m.get("v.post_ln.weight"), m.get("v.post_ln.bias"), h.v_ln_eps);
+    ggml_tensor * img = layer_linear(ctx, m.get("mm.proj.weight"), m.get("mm.proj.bias"), x);  // [D, P, C]
+    for (int cam = 0; cam < C; ++cam) {
+        const std::string n = fmt_name("vision_emb.%d", cam);
+        if (keep(n)) layer_name(ctx, gf, ggml_view_2d(ctx, img, h.lm_width, P, img->nb[1], cam * img->nb[2]), true, "%s", n.c_str());
+    }
+    layer_name(ctx, gf, img, false, "stage:vision");
+    ggml_build_forward_expand(gf, img);
+
+    // Prefix embedding: image tokens (camera-major), then scaled token embeddings. [D, Lp]
+    ggml_tensor * txt = ggml_scale(ctx, ggml_get_rows(ctx, m.get("lm.token_embd.weight"), in_tokens), h.embed_scale);
+    ggml_tensor * xp = ggml_concat(ctx, ggml_reshape_2d(ctx, img, h.lm_width, (int64_t) P * C), txt, 1);
+    layer_name(ctx, gf, xp, keep("prefix_emb"), "prefix_emb");
+
+    // Gemma prefix pass: K/V of every layer (the cache); the last layer needs no attention output.
+    const float attn_scale = 1.0f / std::sqrt((float) h.head_dim);
+    std::vector<ggml_tensor *> kc(h.depth), vc(h.depth);
+    for (int i = 0; i < h.depth; ++i) {
+        auto W = [&](const char * n) { return m.get(fmt_name("lm.blk.%d.", i) + n); };
+        ggml_tensor * hN = layer_rms_norm(ctx, xp, W("attn_norm.weight"), h.rms_eps);
+        ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_q.weight"), hN), h.head_dim, h.n_heads, Lp);
+        ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_k.weight"), hN), h.head_dim, h.n_kv_heads, Lp);
+        ggml_tensor * v = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_v.weight"), hN), h.head_dim, h.n_kv_heads, Lp);
+        q = ggml_rope_ext(ctx, q, in_pos_prefix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+        k = ggml_rope_ext(ctx, k, in_pos_prefix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+        kc[i] = layer_name(ctx, gf, k, keep(fmt_name("prefix_k.%d", i)), "prefix_k.%d", i);
+        vc[i] = layer_name(ctx, gf, v, keep(fmt_name("prefix_v.%d", i)), "prefix_v.%d", i);
+        if (i == h.depth - 1) break;
+        ggml_tensor * a = layer_attention(ctx, q, k, v, in_mask_prefix, attn_scale);
+        xp = ggml_add(ctx, xp, ggml_mul_mat(ctx, W("attn_output.weight"), a));
+        hN = layer_rms_norm(ctx, xp, W("ffn_norm.weight"), h.rms_eps);
+        hN = ggml_mul(ctx, layer_gelu_tanh(ctx, ggml_mul_mat(ctx, W("ffn_gate.weight"), hN)),
+                      ggml_mul_mat(ctx, W("ffn_up.weight"), hN));
+        xp = ggml_add(ctx, xp, ggml_mul_mat(ctx, W("ffn_down.weight"), hN));
+    }
+    // Make the prefix the first thing computed; its end is a timing marker.
+    for (int i = 0; i < h.depth; ++i) {
+        ggml_build_forward_expand(gf, kc[i]);
+        ggml_build_forward_expand(gf, vc[i]);
+    }
+    ggml_tensor * prefix_done = layer_name(ctx, gf, ggml_view_1d(ctx, vc[h.depth - 1], 1, 0), false, "stage:prefix");
+    ggml_build_forward_expand(gf, prefix_done);
+
+    // Expert: num_steps Euler steps from t = 1 to 0.
+    auto ada = [&](const std::string & base, ggml_tensor * xin, ggml_tensor * cond, ggml_tensor ** gate) {
+        ggml_tensor * mod = layer_linear(ctx, m.get(base + ".weight"), m.get(base + ".bias"), cond);  // [3W]
+        const size_t es = ggml_element_size(mod);
+        ggml_tensor * scale = ggml_view_1d(ctx, mod, h.ex_width, 0);
+        ggml_tensor * shift = ggml_view_1d(ctx, mod, h.ex_width, es * h.ex_width);
+        if (gate) *gate = ggml_view_1d(ctx, mod, h.ex_width, 2 * es * h.ex_width);
+        ggml_tensor * y = ggml_mul(ctx, ggml_rms_norm(ctx, xin, h.rms_eps), ggml_scale_bias(ctx, scale, 1.0f, 1.0f));
+        return ggml_add(ctx, y, shift);
+    };
+    ggml_tensor * xt = in_noise;  // [A, H]
+    for (int s = 0; s < h.num_steps; ++s) {
+        layer_name(ctx, gf, xt, keep(fmt_name("x_t.%d", s)), "x_t.%d", s);
+        ggml_tensor * te = ggml_view_1d(ctx, in_temb, h.ex_width, (size_t) s * h.ex_width * sizeof(float));
+        ggml_tensor * cond = ggml_silu(ctx, layer_linear(ctx, m.get("time.mlp_in.weight"), m.get("time.mlp_in.bias"), te));
+        cond = ggml_silu(ctx, layer_linear(ctx, m.get("time.mlp_out.weight"), m.get("time.mlp_out.bias"), cond));
+        layer_name(ctx, gf, cond, keep(fmt_name("time_cond.%d", s)), "time_cond.%d", s);
+        ggml_tensor * xs = layer_linear(ctx, m.get("act.in_proj.weight"), m.get("act.in_proj.bias"), xt);  // [Wex, H]
+        for (int i = 0; i < h.depth; ++i) {
+            const std::string E = fmt_name("ex.blk.%d.", i);
+            auto W = [&](const char * n) { return m.get(E + n); };
+            ggml_tensor * gate = nullptr;
+            ggml_tensor * hN = ada(E + "attn_norm_ada", xs, cond, &gate);
+            ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_q.weight"), hN), h.head_dim, h.n_heads, H);
+            ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_k.weight"), hN), h.head_dim, h.n_kv_heads, H);
+            ggml_tensor * v = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_v.weight"), hN), h.head_dim, h.n_kv_heads, H);
+            q = ggml_rope_ext(ctx, q, in_pos_suffix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+            k = ggml_rope_ext(ctx, k, in_pos_suffix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+            ggml_tensor * ka = ggml_concat(ctx, kc[i], k, 2);
+            ggml_tensor * va = ggml_concat(ctx, vc[i], v, 2);
+            ggml_tensor * a = layer_attention(ctx, q, ka, va, in_mask_suffix, attn_scale);
+            xs = ggml_add(ctx, xs, ggml_mul(ctx, ggml_mul_mat(ctx, W("attn_output.weight"), a), gate));
+            hN = ada(E + "ffn_norm_ada", xs, cond, &gate);
+            hN = ggml_mul(ctx, layer_gelu_tanh(ctx, ggml_mul_mat(ctx, W("ffn_gate.weight"), hN)),
+                          ggml_mul_mat(ctx, W("ffn_up.weight"), hN));
+            xs = ggml_add(ctx, xs, ggml_mul(ctx, ggml_mul_mat(ctx, W("ffn_down.weight"), hN), gate));
+        }
+        xs = ada("ex.output_norm_ada", xs, cond, nullptr);
+        ggml_tensor * vel = layer_linear(ctx, m.get("act.out_proj.weight"), m.get("act.out_proj.bias"), xs);  // [A, H]
+        layer_name(ctx, gf, vel, keep(fmt_name("velocity.%d", s)), "velocity.%d", s);
+        xt = ggml_add(ctx, xt, ggml_scale(ctx, vel, (float) dt));
+    }
+    ggml_tensor * actions = G.output(xt, "actions");
+    const double build_ms = ms_since(t_build);
+    if (ggml_graph_n_nodes(gf) >= (int) G.max_nodes()) throw Error("pi05: graph exceeds its node budget");
+
+    // ---- phase 2: allocate, set inputs -------------------------------------------------------------
+    auto t_alloc = clk::now();
+    backend_->alloc(gf, G.max_nodes());
+    tensor_set_f32(in_patches, patches.data(), patches.size());
+    ggml_backend_tensor_set(in_tokens, in.tokens, 0, sizeof(int32_t) * T);
+    ggml_backend_tensor_set(in_pos_prefix, pos_prefix.data(), 0, sizeof(int32_t) * Lp);
+    ggml_backend_tensor_set(in_pos_suffix, pos_suffix.data(), 0, sizeof(int32_t) * H);
+    tensor_set_f32(in_mask_prefix, mask_prefix.data(), mask_prefix.size());
+    tensor_set_f32(in_mask_suffix, mask_suffix.data(), mask_suffix.size());
+    tensor_set_f32(in_noise, in.noise, (size_t) H * A);
+    tensor_set_f32(in_temb, temb.data(), temb.size());
+    const double alloc_ms = ms_since(t_alloc);
+
+    // ---- phase 3: compute ------------------------------------------------------------------------
+    stage_timer st;
+    st.t0 = clk::now();
+    backend_->set_eval_callback(stage_cb, &st);
+    backend_->run(gf);
+    backend_->set_eval_callback(nullptr, nullptr);
+    const double compute_ms = ms_since(st.t0);
+
+    pi05_outputs out;
+    out.actions.resize((size_t) H * A);
+    tensor_get_f32(actions, out.actions.data(), out.actions.size());
+    for (const auto & name : collect) {
+        ggml_tensor * t = ggml_graph_get_tensor(gf, name.c_str());
+        if (t == nullptr || !(t->flags & GGML_TENSOR_FLAG_OUTPUT)) {
+            throw Error("pi05: unknown intermediate '" + name + "'");
+        }
+        std::vector<float> data((size_t) ggml_nelements(t));
+        if (ggml_is_contiguous(t)) {
+            ggml_backend_tensor_get(t, data.data(), 0, data.size() * sizeof(float));
+        } else {  // strided view (vision_emb.{cam} is contiguous; keep a general path anyway)
+            throw Error("pi05: intermediate '" + name + "' is not contiguous");
+        }
+        std::vector<int64_t> shape;
+        for (int d = ggml_n_dims(t) - 1; d >= 0; --d) shape.push_back(t->ne[d]);
+        out.intermediates[name] = std::move(data);
+        out.shapes[name] = shape;
+    }
+    out.timing_ms["build"] = build_ms;
+    out.timing_ms["alloc"] = alloc_ms;
+    const double t_vis = st.at_ms.count("vision") ? st.at_ms["vision"] : 0.0;
+    const double t_pre = st.at_ms.count("prefix") ? st.at_ms["prefix"] : t_vis;
+    out.timing_ms["vision"] = t_vis;
+    out.timing_ms["prefix"] = t_pre - t_vis;
+    out.timing_ms["denoise"] = compute_ms - t_pre;
+    out.timing_ms["compute"] = compute_ms;
+    out.timing_ms["total"] = ms_since(t_total);
+    return out;
+}
+
+}  // namespace actquant

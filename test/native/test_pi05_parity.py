@@ -1,0 +1,169 @@
+"""π₀.₅: torch reference vs native GGML graph, stage by stage, on pi05-tiny (named tolerances)."""
+
+import numpy as np
+import pytest
+import torch
+
+from actquant_core import native
+from actquant_core.export import default_type_for, export_pi05
+from actquant_core.gguf import read_policy_gguf
+from actquant_core.policies.common.tokenizer import SentencePieceTokenizer
+from actquant_core.policies.pi05.canonical import model_from_canonical
+from actquant_core.policies.pi05.config import get_preset
+from actquant_core.policies.pi05.model import Pi05Model
+from actquant_core.runtime.pi05 import Pi05Runtime
+from actquant_core.runtime.types import Observation
+
+# F32 weights: the graph does the same float32 math in another order -> relative error per stage.
+TOL_F32 = 1e-5
+# Quantized weights vs torch run with the *dequantized* weights: GGML also rounds activations to the
+# weight's dot type (Q8_K for K-quants, Q8_0 for Q8_0) in every matmul; measured ~1e-3 on tiny/small.
+TOL_QUANT = 3e-2
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / max(np.linalg.norm(np.asarray(b)), 1e-30))
+
+
+def _inputs(rt, cfg, seed=0, drop_slot=True):
+    rng = np.random.default_rng(seed)
+    images = {cfg.camera_slots[0]: rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)}
+    if not drop_slot:
+        images[cfg.camera_slots[2]] = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    images[cfg.camera_slots[1]] = rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    inp = rt.preprocessor(images, np.zeros(8, np.float32), "put the red cube in the bowl")
+    noise = rng.standard_normal((cfg.action_horizon, cfg.action_dim)).astype(np.float32)
+    return inp, noise
+
+
+def _torch_ref(model, inp, noise):
+    with torch.no_grad():
+        return model.sample_actions(
+            torch.from_numpy(inp.images), torch.from_numpy(inp.image_masks), torch.from_numpy(inp.tokens),
+            torch.from_numpy(inp.token_masks), torch.from_numpy(noise[None]), return_intermediates=True,
+        )
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    cfg = get_preset("pi05-tiny")
+    model = Pi05Model(cfg).init_random(0).eval()
+    path = tmp_path_factory.mktemp("pi05") / "tiny-f32.gguf"
+    export_pi05(model, path, tokenizer_model=SentencePieceTokenizer.small().model_bytes)
+    return cfg, model, path
+
+
+def _collect(cfg):
+    return (
+        [f"vision_emb.{c}" for c in range(cfg.num_cameras)]
+        + ["prefix_emb"]
+        + [f"prefix_{kv}.{i}" for kv in "kv" for i in range(cfg.lm_depth)]
+        + [f"x_t.{s}" for s in range(cfg.num_steps)]
+        + [f"time_cond.{s}" for s in range(cfg.num_steps)]
+        + [f"velocity.{s}" for s in range(cfg.num_steps)]
+    )
+
+
+@pytest.mark.parametrize("drop_slot", [True, False])
+def test_stage_by_stage_f32(tiny, drop_slot):
+    cfg, model, path = tiny
+    rt = Pi05Runtime(path, n_threads=2)
+    inp, noise = _inputs(rt, cfg, drop_slot=drop_slot)
+    assert bool(inp.image_masks[0, 2]) is (not drop_slot)
+    collect = _collect(cfg)
+    actions, timing, inter = rt.infer_model_inputs(inp, noise, collect)
+    ref, rinter = _torch_ref(model, inp, noise)
+    for name in collect:
+        r = rinter[name][0].numpy()
+        assert inter[name].size == r.size, name
+        err = _rel(inter[name].reshape(r.shape), r)
+        assert err < TOL_F32, (name, err)
+    assert _rel(actions, ref[0].numpy()) < TOL_F32
+    assert timing["compute"] > 0 and timing["denoise"] >= 0
+
+
+def test_masked_camera_changes_nothing_but_its_tokens(tiny):
+    """A masked slot's pixels must not influence the actions (its tokens are padding)."""
+    cfg, _, path = tiny
+    rt = Pi05Runtime(path, n_threads=1)
+    inp, noise = _inputs(rt, cfg, drop_slot=True)
+    a0, _, _ = rt.infer_model_inputs(inp, noise)
+    inp.images[0, 2] = np.random.default_rng(5).uniform(-1, 1, inp.images[0, 2].shape).astype(np.float32)
+    a1, _, _ = rt.infer_model_inputs(inp, noise)
+    np.testing.assert_array_equal(a0, a1)
+
+
+@pytest.mark.parametrize("wtype", ["Q8_0", "Q4_K"])
+def test_quantized_matches_torch_with_dequantized_weights(tmp_path, wtype):
+    cfg = get_preset("pi05-small")
+    model = Pi05Model(cfg).init_random(1).eval()
+    path = tmp_path / f"small-{wtype}.gguf"
+    export_pi05(model, path, type_for=default_type_for(wtype), tokenizer_model=SentencePieceTokenizer.small().model_bytes)
+    pf = read_policy_gguf(path)
+    quantized = [n for n, t in pf.tensors.items() if t.type_name == wtype]
+    assert len(quantized) > 50, "most matrices of pi05-small must take the K-quant"
+    # torch model with exactly the weights the GGUF holds
+    deq = {}
+    for n, t in pf.tensors.items():
+        raw = pf.tensor(n)
+        deq[n] = (np.asarray(raw, np.float32) if t.type_name in ("F32", "F16")
+                  else native.dequantize(raw.tobytes(), t.type_name, t.shape)).reshape(t.shape)
+    ref_model = model_from_canonical(cfg, deq)
+    rt = Pi05Runtime(path, n_threads=2)
+    inp, noise = _inputs(rt, cfg)
+    actions, _, inter = rt.infer_model_inputs(inp, noise, ["prefix_k.0", f"velocity.{cfg.num_steps - 1}"])
+    ref, rinter = _torch_ref(ref_model, inp, noise)
+    assert _rel(inter["prefix_k.0"].reshape(rinter["prefix_k.0"][0].shape), rinter["prefix_k.0"][0].numpy()) < TOL_QUANT
+    assert _rel(actions, ref[0].numpy()) < TOL_QUANT
+
+
+def test_observation_path_and_bad_inputs(tiny, tmp_path):
+    cfg, model, path = tiny
+    rt = Pi05Runtime(path, n_threads=1, seed=3)
+    img = np.zeros((48, 48, 3), np.uint8)
+    chunk = rt.infer(Observation(images={cfg.camera_slots[0]: img}, state=np.zeros(8), instruction="open the drawer"))
+    assert chunk.actions.shape == (cfg.action_horizon, cfg.action_dim)
+    assert np.all(np.isfinite(chunk.actions)) and chunk.timing_ms["total"] > 0
+
+    with pytest.raises(ValueError, match="unknown camera slot"):
+        rt.infer(Observation(images={"front": img}, state=np.zeros(8), instruction="x"))
+    with pytest.raises(ValueError, match="no camera image"):
+        rt.infer(Observation(images={}, state=np.zeros(8), instruction="x"))
+    with pytest.raises(ValueError, match="NaN"):
+        rt.infer(Observation(images={cfg.camera_slots[0]: img}, state=np.full(8, np.nan), instruction="x"))
+    inp, noise = _inputs(rt, cfg)
+    with pytest.raises(ValueError, match=r"noise must have shape \[4, 32\]"):
+        rt._rt.infer(inp.images[0], inp.image_masks[0].astype(np.uint8), inp.tokens[0].astype(np.int32),
+                     inp.token_masks[0].astype(np.uint8), noise[:2], [])
+    with pytest.raises(ValueError, match="images must have shape"):
+        rt._rt.infer(inp.images[0, :2], inp.image_masks[0].astype(np.uint8), inp.tokens[0].astype(np.int32),
+                     inp.token_masks[0].astype(np.uint8), noise, [])
+    bad_tokens = inp.tokens[0].astype(np.int32).copy()
+    bad_tokens[0] = 10**6
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        rt._rt.infer(inp.images[0], inp.image_masks[0].astype(np.uint8), bad_tokens,
+                     inp.token_masks[0].astype(np.uint8), noise, [])
+    with pytest.raises(ValueError, match="unknown intermediate 'nope'"):
+        rt.infer_model_inputs(inp, noise, ["nope"])
+
+    # A GGUF of another family, and one without a tokenizer.
+    from actquant_core.gguf import TensorEntry, write_policy_gguf
+
+    other = tmp_path / "other.gguf"
+    write_policy_gguf(other, "openvla_oft", {}, [TensorEntry("x", np.zeros(4, np.float32))])
+    with pytest.raises(ValueError, match="holds a 'openvla_oft' policy, not 'pi05'"):
+        Pi05Runtime(other)
+    notok = tmp_path / "notok.gguf"
+    export_pi05(model, notok)
+    with pytest.raises(ValueError, match="no embedded tokenizer"):
+        Pi05Runtime(notok)
+    # A pi05 file whose tensor has the wrong shape: named before any compute.
+    from actquant_core.policies.pi05.canonical import canonical_state_dict
+    from actquant_core.export import export_tensors
+
+    t = canonical_state_dict(model)
+    t["lm.blk.1.attn_q.weight"] = t["lm.blk.1.attn_q.weight"][:, :32].copy()
+    bad = tmp_path / "badshape.gguf"
+    export_tensors(bad, "pi05", cfg.to_dict(), t, lambda n, s: "F32", tokenizer_model=SentencePieceTokenizer.small().model_bytes)
+    with pytest.raises(native.GgufError, match=r"badshape\.gguf.*lm\.blk\.1\.attn_q\.weight.*shape \[32, 32\], expected \[32, 64\]"):
+        Pi05Runtime(bad)
