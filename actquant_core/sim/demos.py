@@ -110,6 +110,8 @@ def record_episode(env, expert_cls, layout_seed: tuple[int, ...] | None, init_in
 def _job(args: tuple) -> list[dict]:
     """Worker: record the episodes of one (task, slot range) job and write them."""
     cfg, task_key, task_index, slots = args
+    # one llvmpipe render thread per worker: the workers already use every core
+    os.environ.setdefault("LP_NUM_THREADS", "1")
     logging.basicConfig(level=logging.INFO, format="%(processName)s %(message)s")
     from actquant_core.sim.env import SimEnv, SimEnvConfig
     from actquant_core.sim.episodes import Episode, write_bag, write_lerobot_episode

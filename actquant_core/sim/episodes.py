@@ -316,5 +316,6 @@ def read_episodes(path: Path) -> Iterator[Episode]:
             raise FileNotFoundError(f"{path}: neither a LeRobot-style dataset (meta/info.json) nor rosbag2 folders")
         for i, b in enumerate(bags):
             ep = read_bag(b)
-            ep.index = i
+            suffix = b.name.rsplit("_", 1)[-1]
+            ep.index = int(suffix) if suffix.isdigit() else i  # "episode_000004" -> 4
             yield ep

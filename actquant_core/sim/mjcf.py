@@ -247,7 +247,7 @@ def _gripper_xml() -> str:
         pos="0 0 {PALM_THICKNESS / 2:.4g}" rgba="0.2 0.2 0.2 1"/>
   <site name="{SIM_TCP_SITE}" pos="0 0 {TCP_OFFSET:.5g}" size="0.004" rgba="1 0 0 0.0"/>
   <camera name="{SIM_CAMERA_WRIST}" pos="0.065 0 0.005" xyaxes="0 1 0 0.94 0 0.34" fovy="80"/>
-  <geom class="arm_visual" type="box" size="0.012 0.015 0.012" pos="0.065 0 -0.008" rgba="0.1 0.1 0.1 1"/>
+  <geom class="arm_visual" type="box" size="0.032 0.015 0.012" pos="0.045 0 -0.008" rgba="0.1 0.1 0.1 1"/>
   <body name="finger_1" pos="0 0 0">
     <inertial pos="0 0.01 {z_finger:.4g}" mass="0.05" diaginertia="1e-5 1e-5 1e-5"/>
     <joint name="{SIM_FINGER_JOINTS[0]}" type="slide" axis="0 1 0" range="0 {GRIPPER_HALF_OPEN}" damping="5"
@@ -286,6 +286,9 @@ def _bowl_xml(name: str, pos: tuple[float, float]) -> str:
 
 
 def _objects_xml() -> str:
+    # Every object body has gravcomp="1" so the compiled model counts gravity-compensated bodies
+    # (MuJoCo skips gravity compensation entirely when none is declared); UR3World.reset switches it off
+    # for the objects in use and keeps it on for parked ones, which float out of view without collisions.
     parts = []
     park = {name: (1.5 + 0.3 * k, 1.5) for k, name in enumerate(SIM_OBJECTS)}
     for name in SIM_OBJECTS:

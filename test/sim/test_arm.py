@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -66,3 +68,20 @@ def test_send_before_connect_raises():
     a.stop()  # idempotent, never raises
     a.stop()
     a.world.close()
+
+
+def test_realtime_mode_steps_in_background():
+    a = SimArm(model="ur3", realtime=True)
+    a.connect()
+    try:
+        q0 = a.observe().q
+        target = q0 + 0.05
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            a.send(JointCommand(q=target))
+            time.sleep(a.period)
+        assert a.world.time > 0.1  # physics advanced without send() stepping it
+        assert np.abs(a.observe().q - q0).max() > 0.02  # and moved towards the target
+    finally:
+        a.disconnect()
+        a.world.close()

@@ -109,3 +109,20 @@ def test_render_shape_and_determinism(world):
     assert np.abs(a.astype(int) - c.astype(int)).max() > 50  # the arm moved in the image
     with pytest.raises(ValueError, match="unknown camera"):
         world.render("nope")
+
+
+def test_seeded_task_layouts():
+    a = UR3World("ur3", task="goal/open_drawer", seed=3)
+    b = UR3World("ur3", task="goal/open_drawer", seed=3)
+    c = UR3World("ur3", task="goal/open_drawer", seed=4)
+    try:
+        np.testing.assert_array_equal(a.data.qpos, b.data.qpos)
+        assert np.abs(a.data.qpos - c.data.qpos).max() > 1e-3
+        assert a.time == 0.0 and np.abs(a.q - a.home_q()).max() < SETTLE_TOL
+        # objects of the task rest on the table (z > 0), the others are parked below it
+        for name in ("red_cube", "mug"):
+            assert a.object_pose(name)[0][2] > 0.0
+        assert a.object_pose("green_cube")[0][2] < -0.1
+    finally:
+        for w in (a, b, c):
+            w.close()
