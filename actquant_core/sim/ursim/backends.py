@@ -96,10 +96,12 @@ class KinematicBackend:
 class MujocoBackend:
     """Adapter over ``actquant_core.sim.world.UR3World``.
 
-    Used API of the world: ``UR3World(model=..., task=..., seed=...)``, ``reset()``, ``q`` [6], ``qd`` [6],
-    ``set_joint_target(q)``, ``set_gripper(open_fraction)``, ``step(dt)``, ``close()``; optionally
-    ``set_arm_q(q)`` (teleport) and ``gripper`` (opening 0..1).  The world is imported lazily so the
-    kinematic backend never loads MuJoCo.
+    Used API of the world: ``UR3World(model=..., task=..., seed=...)`` (resets itself), ``q`` [6],
+    ``qd`` [6], ``gripper``, ``set_arm_q(q)`` (teleport), ``set_joint_target(q, duration)``,
+    ``set_gripper(open_fraction)``, ``step(dt)``, ``close()``.  Each cycle the commanded position is
+    handed over as a ramp of one controller period (so the world's computed-torque servo also gets the
+    commanded velocity as feed-forward) and physics advances by that period.  The world is imported lazily
+    so the kinematic backend never loads MuJoCo.
     """
 
     def __init__(self, cfg: UrSimConfig) -> None:
@@ -111,7 +113,6 @@ class MujocoBackend:
                 f"{e}; use --backend kinematic"
             ) from e
         self._world = UR3World(model=cfg.model, task=cfg.task, seed=cfg.seed)
-        self._world.reset()
         self._gripper_cmd = 1.0
         self.reset(np.asarray(cfg.initial_q, dtype=float))
 
@@ -125,19 +126,19 @@ class MujocoBackend:
 
     @property
     def gripper(self) -> float:
-        value = getattr(self._world, "gripper", None)
-        return float(value) if value is not None else self._gripper_cmd
+        return float(self._world.gripper)
+
+    @property
+    def world(self):
+        """The underlying ``UR3World`` (e.g. for rendering in the same process; it has its own lock)."""
+        return self._world
 
     def reset(self, q: np.ndarray) -> None:
-        q = np.asarray(q, dtype=float)
-        setter = getattr(self._world, "set_arm_q", None)
-        if setter is not None:
-            setter(q)
-        self._world.set_joint_target(q)
+        self._world.set_arm_q(np.asarray(q, dtype=float))
 
     def apply(self, q_cmd: np.ndarray, qd_cmd: np.ndarray, dt: float) -> None:
-        del qd_cmd
-        self._world.set_joint_target(np.asarray(q_cmd, dtype=float))
+        del qd_cmd  # implied by the ramp below
+        self._world.set_joint_target(np.asarray(q_cmd, dtype=float), duration=dt)
         self._world.step(dt)
 
     def set_gripper(self, open_fraction: float) -> None:

@@ -7,6 +7,8 @@ base frame, written as ``[x, y, z, rx, ry, rz]`` with an axis-angle rotation vec
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from actquant_core.sim.ursim.config import UrModel
@@ -14,6 +16,9 @@ from actquant_core.sim.ursim.config import UrModel
 
 def fk_matrix(model: UrModel, q: np.ndarray) -> np.ndarray:
     """Flange transform in the base frame.
+
+    Plain-float arithmetic on the 3x4 part (this runs every controller cycle; small numpy matrices
+    cost ~10x more per product).
 
     Args:
         model: the UR model (DH parameters).
@@ -25,19 +30,34 @@ def fk_matrix(model: UrModel, q: np.ndarray) -> np.ndarray:
     q = np.asarray(q, dtype=float)
     if q.shape != (6,):
         raise ValueError(f"fk_matrix: q has shape {q.shape}, expected (6,)")
-    T = np.eye(4)
-    for qi, d, a, alpha in zip(q, model.dh_d, model.dh_a, model.dh_alpha):
-        ct, st = np.cos(qi), np.sin(qi)
-        ca, sa = np.cos(alpha), np.sin(alpha)
-        A = np.array(
-            [
-                [ct, -st * ca, st * sa, a * ct],
-                [st, ct * ca, -ct * sa, a * st],
-                [0.0, sa, ca, d],
-                [0.0, 0.0, 0.0, 1.0],
-            ]
+    # running transform rows: R (3x3) and p (3)
+    r00, r01, r02, r10, r11, r12, r20, r21, r22 = 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0
+    px = py = pz = 0.0
+    for qi, d, a, alpha in zip(q.tolist(), model.dh_d, model.dh_a, model.dh_alpha):
+        ct, st = math.cos(qi), math.sin(qi)
+        ca, sa = math.cos(alpha), math.sin(alpha)
+        # A = [[ct, -st*ca, st*sa, a*ct], [st, ct*ca, -ct*sa, a*st], [0, sa, ca, d]]
+        a00, a01, a02, a03 = ct, -st * ca, st * sa, a * ct
+        a10, a11, a12, a13 = st, ct * ca, -ct * sa, a * st
+        a21, a22, a23 = sa, ca, d
+        px, py, pz = (
+            px + r00 * a03 + r01 * a13 + r02 * a23,
+            py + r10 * a03 + r11 * a13 + r12 * a23,
+            pz + r20 * a03 + r21 * a13 + r22 * a23,
         )
-        T = T @ A
+        r00, r01, r02 = r00 * a00 + r01 * a10, r00 * a01 + r01 * a11 + r02 * a21, r00 * a02 + r01 * a12 + r02 * a22
+        r10, r11, r12 = r10 * a00 + r11 * a10, r10 * a01 + r11 * a11 + r12 * a21, r10 * a02 + r11 * a12 + r12 * a22
+        r20, r21, r22 = r20 * a00 + r21 * a10, r20 * a01 + r21 * a11 + r22 * a21, r20 * a02 + r21 * a12 + r22 * a22
+    return np.array([[r00, r01, r02, px], [r10, r11, r12, py], [r20, r21, r22, pz], [0.0, 0.0, 0.0, 1.0]])
+
+
+def _fk_matrix_reference(model: UrModel, q: np.ndarray) -> np.ndarray:
+    """Straightforward product of the DH matrices (used to check ``fk_matrix``)."""
+    T = np.eye(4)
+    for qi, d, a, alpha in zip(np.asarray(q, dtype=float), model.dh_d, model.dh_a, model.dh_alpha):
+        ct, st, ca, sa = np.cos(qi), np.sin(qi), np.cos(alpha), np.sin(alpha)
+        T = T @ np.array([[ct, -st * ca, st * sa, a * ct], [st, ct * ca, -ct * sa, a * st],
+                          [0.0, sa, ca, d], [0.0, 0.0, 0.0, 1.0]])
     return T
 
 

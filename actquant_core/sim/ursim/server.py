@@ -16,8 +16,9 @@ sends these):
     actquant state                # JSON: q, qd, modes, program, digital outputs, gripper
     actquant stats                # JSON: control-loop timing
 
-``drop`` closes every client socket (RTDE, dashboard, script); with ``refuse_s`` > 0 the listeners are
-also closed for that long, so clients that reconnect at once (RTDEControlInterface does) fail.
+``drop`` closes every client socket (RTDE, dashboard, script) and refuses new connections for ``refuse_s``
+(default ``DEFAULT_DROP_REFUSE_S``), so clients that reconnect at once (RTDEControlInterface does) fail
+cleanly; ``drop 0`` lets them reconnect immediately (see the note at ``DEFAULT_DROP_REFUSE_S``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ log = logging.getLogger(__name__)
 MAX_BACKLOG_BYTES = 4 * 1024 * 1024
 ACCEPT_POLL_S = 0.1
 DASHBOARD_GREETING = "Connected: Universal Robots Dashboard Server"
+# A dropped RTDEControlInterface reconnects at once from its receive thread; when that succeeds,
+# ur_rtde 1.6.5 keeps two receive threads on one socket and can crash.  Refusing connections for a
+# while after a drop makes its reconnect fail cleanly (isConnected() -> False), as with a pulled cable.
+DEFAULT_DROP_REFUSE_S = 1.0
 
 
 class _Conn:
@@ -135,6 +140,17 @@ class _Listener:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"ursim-{self.name}-accept", daemon=True)
         self._thread.start()
+
+    def refuse(self, until: float) -> None:
+        """Refuse connections until ``until`` (monotonic): the listening socket is shut down now (pending
+        and new connection attempts are refused at once) and reopened by the accept loop afterwards."""
+        self.refuse_until = until
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes accept() in the loop thread, which closes it
+            except OSError:
+                pass
 
     def _close_sock(self) -> None:
         if self._sock is not None:
@@ -325,7 +341,7 @@ class UrSimServer:
         if refuse_s > 0:
             until = time.monotonic() + refuse_s
             for lst in self._listeners:
-                lst.refuse_until = until
+                lst.refuse(until)
         with self._lock:
             conns = list(self._conns)
         for c in conns:
@@ -530,7 +546,7 @@ class UrSimServer:
                 ctrl.stop_program("injected")
             elif fault == C.URSIM_FAULT_CONNECTION_DROP:
                 try:
-                    refuse_s = float(words[2]) if len(words) > 2 else 0.0
+                    refuse_s = float(words[2]) if len(words) > 2 else DEFAULT_DROP_REFUSE_S
                 except ValueError:
                     return f"actquant: bad refuse time {words[2]!r}", None
                 # answer first, then close everything (this connection included)
