@@ -33,6 +33,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from gguf.constants import GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
@@ -89,11 +90,13 @@ class RefineConfig:
         iterations: rounds of (sub-block search, (d, dmin) refit).
         window: integer half-width of the (scale, min) code search around the current codes.
         d_factors: rescalings of the super-block ``d`` / ``dmin`` tried each round.
+        device: torch device of the search (None: CUDA when available, else CPU).
     """
 
     iterations: int = 2
     window: int = 2
     d_factors: tuple[float, ...] = (0.9, 0.95, 1.0, 1.05, 1.1)
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -181,46 +184,66 @@ def weighted_block_error(data: bytes, type_name: str, x: np.ndarray, w: np.ndarr
     return (w * np.square(x - deq)).sum(1)
 
 
+_F16_MAX = 65504.0
+
+
+def _to_f16(v: torch.Tensor) -> torch.Tensor:
+    """Round float32 values to fp16 (clamped to the finite range) and back to float32."""
+    return torch.nan_to_num(v).clamp(-_F16_MAX, _F16_MAX).half().float()
+
+
+def _decode(D, M, sc, m, q, L: _Layout) -> torch.Tensor:
+    """x^ ``[nb, ns, sl]`` float32 with gguf-py's operation order: ``(d * sc) * q - (dmin * m)``."""
+    dd = D[:, None] * sc.float()
+    dm = M[:, None] * m.float()
+    return dd[..., None] * q.float() - dm[..., None]
+
+
+def _block_error(x64, w64, xhat) -> torch.Tensor:
+    """Per super-block ``sum w (x - x^)^2`` in float64: ``[nb]``."""
+    return (w64 * (x64 - xhat.double()).square()).flatten(1).sum(1)
+
+
 def _search_codes(x, w, D, M, sc_c, m_c, L: _Layout, window: int):
-    """Best (sc, m, q) per sub-block for fixed super scales.  x, w: [nb, ns, sl]; D, M: [nb] f32."""
-    best_err = np.full(sc_c.shape, np.inf)
-    best_sc, best_m = sc_c.copy(), m_c.copy()
-    best_q = np.zeros(x.shape, np.uint8)
+    """Best (sc, m, q) per sub-block for fixed super scales.
+
+    x, w: ``[nb, ns, sl]`` float32; D, M: ``[nb]`` float32; sc_c, m_c: ``[nb, ns]`` int64 centres.
+    Returns int64 sc, m ``[nb, ns]`` and float32 q ``[nb, ns, sl]``.
+    """
+    best_err = torch.full(sc_c.shape, float("inf"), dtype=torch.float32, device=x.device)
+    best_sc, best_m = sc_c.clone(), m_c.clone()
+    best_q = torch.zeros_like(x)
     Dc, Mc = D[:, None, None], M[:, None, None]
     for a in range(-window, window + 1):
-        sc = np.clip(sc_c + a, 0, L.sc_max)
-        s = (Dc * sc[..., None].astype(np.float32)).astype(np.float32)
+        sc = (sc_c + a).clamp(0, L.sc_max)
+        s = Dc * sc[..., None].float()
         for b in range(-window, window + 1):
-            m = np.clip(m_c + b, 0, L.sc_max)
-            mn = (Mc * m[..., None].astype(np.float32)).astype(np.float32)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                q = np.where(s != 0, np.rint((x + mn) / s), 0.0)
-            q = np.clip(np.nan_to_num(q), 0, L.q_max).astype(np.float32)
-            err = (w * np.square(x - (s * q - mn))).sum(-1)
+            m = (m_c + b).clamp(0, L.sc_max)
+            mn = Mc * m[..., None].float()
+            q = torch.where(s != 0, torch.round((x + mn) / s), torch.zeros_like(x))
+            q = torch.nan_to_num(q).clamp(0, L.q_max)
+            err = (w * (x - (s * q - mn)).square()).sum(-1)
             better = err < best_err
-            best_err = np.where(better, err, best_err)
-            best_sc = np.where(better, sc, best_sc)
-            best_m = np.where(better, m, best_m)
-            best_q = np.where(better[..., None], q.astype(np.uint8), best_q)
-    return best_sc.astype(np.uint8), best_m.astype(np.uint8), best_q
+            best_err = torch.where(better, err, best_err)
+            best_sc = torch.where(better, sc, best_sc)
+            best_m = torch.where(better, m, best_m)
+            best_q = torch.where(better[..., None], q, best_q)
+    return best_sc, best_m, best_q
 
 
 def _refit_dm(x, w, sc, m, q, D, M):
-    """Weighted LS for (d, dmin) with fixed codes: x ~ d*(sc q) - dmin*m.  Returns fp16-rounded f32."""
-    a = sc[..., None].astype(np.float64) * q.astype(np.float64)
-    b = -np.broadcast_to(m[..., None].astype(np.float64), a.shape)
-    ax = tuple(range(1, a.ndim))
-    Saa, Sab, Sbb = (w * a * a).sum(ax), (w * a * b).sum(ax), (w * b * b).sum(ax)
-    Sax, Sbx = (w * a * x).sum(ax), (w * b * x).sum(ax)
+    """Weighted LS for (d, dmin) with fixed codes: ``x ~ d*(sc q) - dmin*m``; fp16-rounded float32."""
+    a = sc[..., None].double() * q.double()
+    b = -m[..., None].double().expand_as(a)
+    xd, wd = x.double(), w.double()
+    Saa, Sab, Sbb = (wd * a * a).sum((1, 2)), (wd * a * b).sum((1, 2)), (wd * b * b).sum((1, 2))
+    Sax, Sbx = (wd * a * xd).sum((1, 2)), (wd * b * xd).sum((1, 2))
     det = Saa * Sbb - Sab * Sab
-    ok = np.abs(det) > 1e-12 * np.maximum(Saa * Sbb, 1e-300)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        Dn = np.where(ok, (Sax * Sbb - Sbx * Sab) / det, D)
-        Mn = np.where(ok, (Saa * Sbx - Sab * Sax) / det, M)
-    fmax = float(np.finfo(np.float16).max)
-    Dn = np.clip(np.nan_to_num(Dn), -fmax, fmax).astype(np.float16).astype(np.float32)
-    Mn = np.clip(np.nan_to_num(Mn), -fmax, fmax).astype(np.float16).astype(np.float32)
-    return Dn, Mn
+    ok = det.abs() > 1e-12 * (Saa * Sbb).clamp_min(1e-300)
+    safe = torch.where(ok, det, torch.ones_like(det))
+    Dn = torch.where(ok, (Sax * Sbb - Sbx * Sab) / safe, D.double())
+    Mn = torch.where(ok, (Saa * Sbx - Sab * Sax) / safe, M.double())
+    return _to_f16(Dn.float()), _to_f16(Mn.float())
 
 
 def refine_tensor(data: bytes, type_name: str, W: np.ndarray, weights: np.ndarray,
@@ -233,7 +256,8 @@ def refine_tensor(data: bytes, type_name: str, W: np.ndarray, weights: np.ndarra
         W: the float weights the bytes approximate.
         weights: per-element error weights ``w >= 0`` (the Action-Mixed Fisher).
         config: :class:`RefineConfig`.
-    Returns a :class:`RefineResult` whose ``error_after <= error_before`` (both from gguf-py's decoder).
+    Returns a :class:`RefineResult` whose ``error_after <= error_before``, both measured with gguf-py's
+    dequantizer (any block that would get worse keeps its input bytes).
     """
     cfg = config or RefineConfig()
     L = _layout(type_name)
@@ -248,34 +272,56 @@ def refine_tensor(data: bytes, type_name: str, W: np.ndarray, weights: np.ndarra
     nb = W.size // QK_K
     if len(data) != nb * L.block_bytes:
         raise ValueError(f"refine_tensor: {len(data)} bytes, expected {nb * L.block_bytes} for {W.shape} {type_name}")
-    x = W.reshape(nb, QK_K)
-    wb = w.reshape(nb, QK_K)
+    dev = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sl = QK_K // L.n_sub
-    xs, ws = x.reshape(nb, L.n_sub, sl), wb.reshape(nb, L.n_sub, sl).astype(np.float32)
+    x = torch.from_numpy(W.reshape(nb, L.n_sub, sl)).to(dev)
+    w64 = torch.from_numpy(w.reshape(nb, L.n_sub, sl)).to(dev)
+    w32 = w64.float()
+    x64 = x.double()
 
-    best = np.frombuffer(bytes(data), np.uint8).reshape(nb, L.block_bytes).copy()
-    err0 = weighted_block_error(best.tobytes(), type_name, x, wb)
-    best_err = err0.copy()
+    p0 = unpack_blocks(data, type_name)
+    best = {
+        "D": torch.from_numpy(p0.d.astype(np.float32)).to(dev),
+        "M": torch.from_numpy(p0.dmin.astype(np.float32)).to(dev),
+        "sc": torch.from_numpy(p0.sc.astype(np.int64)).to(dev),
+        "m": torch.from_numpy(p0.m.astype(np.int64)).to(dev),
+        "q": torch.from_numpy(p0.q.astype(np.float32)).to(dev).reshape(nb, L.n_sub, sl),
+    }
+    best_err = _block_error(x64, w64, _decode(best["D"], best["M"], best["sc"], best["m"], best["q"], L))
     for _ in range(cfg.iterations):
-        cur = unpack_blocks(best, type_name)
-        D0, M0 = cur.d.astype(np.float32), cur.dmin.astype(np.float32)
+        D0, M0, sc0, m0 = best["D"], best["M"], best["sc"], best["m"]
         for f in cfg.d_factors:
-            D = (D0 * f).astype(np.float16).astype(np.float32)
-            M = (M0 * f).astype(np.float16).astype(np.float32)
-            sc_c = np.clip(np.rint(cur.sc / f), 0, L.sc_max).astype(np.int32)
-            m_c = np.clip(np.rint(cur.m / f), 0, L.sc_max).astype(np.int32)
-            sc, m, q = _search_codes(xs, ws, D, M, sc_c, m_c, L, cfg.window)
-            D, M = _refit_dm(xs, ws, sc, m, q, D, M)
-            sc, m, q = _search_codes(xs, ws, D, M, sc.astype(np.int32), m.astype(np.int32), L, cfg.window)
-            cand = BlockParams(d=D.astype(np.float16), dmin=M.astype(np.float16), sc=sc, m=m, q=q.reshape(nb, QK_K))
-            cand_bytes = np.frombuffer(pack_blocks(cand, type_name), np.uint8).reshape(nb, L.block_bytes)
-            e = weighted_block_error(cand_bytes.tobytes(), type_name, x, wb)
+            D, M = _to_f16(D0 * f), _to_f16(M0 * f)
+            sc_c = torch.round(sc0.float() / f).clamp(0, L.sc_max).long()
+            m_c = torch.round(m0.float() / f).clamp(0, L.sc_max).long()
+            sc, m, q = _search_codes(x, w32, D, M, sc_c, m_c, L, cfg.window)
+            D, M = _refit_dm(x, w32, sc, m, q, D, M)
+            sc, m, q = _search_codes(x, w32, D, M, sc, m, L, cfg.window)
+            e = _block_error(x64, w64, _decode(D, M, sc, m, q, L))
             better = e < best_err
-            best[better] = cand_bytes[better]
-            best_err = np.where(better, e, best_err)
-    out = best.tobytes()
-    improved = int((best_err < err0).sum())
-    before, after = float(err0.sum()), float(best_err.sum())
+            for k, v in (("D", D), ("M", M), ("sc", sc), ("m", m), ("q", q)):
+                mask = better.view(-1, *([1] * (v.ndim - 1)))
+                best[k] = torch.where(mask, v, best[k])
+            best_err = torch.where(better, e, best_err)
+    cand = BlockParams(
+        d=best["D"].cpu().numpy().astype(np.float16), dmin=best["M"].cpu().numpy().astype(np.float16),
+        sc=best["sc"].cpu().numpy().astype(np.uint8), m=best["m"].cpu().numpy().astype(np.uint8),
+        q=best["q"].reshape(nb, QK_K).cpu().numpy().astype(np.uint8),
+    )
+    out = np.frombuffer(pack_blocks(cand, type_name), np.uint8).reshape(nb, L.block_bytes).copy()
+    # the guarantee is checked with gguf-py's own decoder, block by block
+    xb, wb = W.reshape(nb, QK_K), w.reshape(nb, QK_K)
+    err0 = weighted_block_error(data, type_name, xb, wb)
+    err1 = weighted_block_error(out.tobytes(), type_name, xb, wb)
+    worse = err1 > err0
+    if worse.any():
+        log.warning("refine %s: %d block(s) decoded worse than the input; keeping their input bytes",
+                    type_name, int(worse.sum()))
+        out[worse] = np.frombuffer(bytes(data), np.uint8).reshape(nb, L.block_bytes)[worse]
+        err1 = np.where(worse, err0, err1)
+    before, after = float(err0.sum()), float(err1.sum())
+    improved = int((err1 < err0).sum())
     log.debug("refine %s %s: weighted error %.6g -> %.6g (%d/%d blocks improved)", type_name, W.shape,
               before, after, improved, nb)
-    return RefineResult(data=out, error_before=before, error_after=after, blocks_improved=improved, n_blocks=nb)
+    return RefineResult(data=out.tobytes(), error_before=before, error_after=after, blocks_improved=improved,
+                        n_blocks=nb)
