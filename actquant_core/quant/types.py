@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_MENU",
     "FALLBACK_MENU",
     "HIGH_PRECISION_TYPES",
+    "STOCK_MIX_BPW",
     "type_bpw",
     "nominal_bpw",
     "type_block",
@@ -83,6 +84,10 @@ DEFAULT_MENU: tuple[str, ...] = (
 #: default because the native module quantizes Q8_0 but not (yet) Q4_0 / Q5_0 / IQ4_NL; pass
 #: ``AllocConfig(fallback_menu=("Q4_0", "Q5_0", "Q8_0"))`` once it does.
 FALLBACK_MENU: tuple[str, ...] = ("Q8_0",)
+
+#: Budget convention of the paper: the average bpw of llama.cpp's stock mix for a base type, so that
+#: ActQuant spends the same bits as the stock quantisation (approximate, from the method reference).
+STOCK_MIX_BPW: dict[str, float] = {"Q2_K": 2.94, "IQ2_XS": 2.35}
 
 #: Unquantised types (block size 1): always eligible.
 HIGH_PRECISION_TYPES: tuple[str, ...] = ("F32", "F16", "BF16")
