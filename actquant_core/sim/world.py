@@ -50,6 +50,21 @@ PARK_ORIGIN = np.array([-0.2, -0.2, -0.3])  # under the table top
 HOME_SEED = np.array([0.0, -1.9, 1.9, -1.57, -1.57, 0.0])
 
 
+def _release_gl_context() -> None:
+    """Release the calling thread's EGL context so that another thread may render next.
+
+    An EGL context can be current in only one thread at a time (eglMakeCurrent fails with
+    EGL_BAD_ACCESS otherwise), and MuJoCo's renderer never releases it.  OSMesa needs nothing.
+    """
+    if os.environ.get("MUJOCO_GL") != "egl":
+        return
+    import mujoco.egl as mj_egl  # noqa: PLC0415  (only loaded with the EGL backend)
+
+    if mj_egl.EGL_DISPLAY is not None:
+        mj_egl.EGL.eglMakeCurrent(mj_egl.EGL_DISPLAY, mj_egl.EGL.EGL_NO_SURFACE, mj_egl.EGL.EGL_NO_SURFACE,
+                                  mj_egl.EGL.EGL_NO_CONTEXT)
+
+
 class UR3World:
     """The simulated UR3 (or UR3e) on a table, with a gripper, a cabinet and tabletop objects.
 
@@ -419,13 +434,17 @@ class UR3World:
             r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
             r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
             r.scene.flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = 0
-            return r.render().copy()
+            try:
+                return r.render().copy()
+            finally:
+                _release_gl_context()
 
     def close(self) -> None:
         """Release the renderers (GL contexts).  Idempotent."""
         with self.lock:
             for r in self._renderers.values():
                 r.close()
+                _release_gl_context()
             self._renderers.clear()
             self._closed = True
 

@@ -126,3 +126,29 @@ def test_seeded_task_layouts():
     finally:
         for w in (a, b, c):
             w.close()
+
+
+def test_render_from_another_thread():
+    """The ursim control thread and a camera thread may both use one world."""
+    import threading
+
+    w = UR3World("ur3")
+    try:
+        main = w.render(SIM_CAMERA_BASE, 64)
+        out = {}
+
+        def worker():
+            try:
+                out["img"] = w.render(SIM_CAMERA_BASE, 64)
+                w.step(0.01)
+            except Exception as e:  # reported below
+                out["err"] = e
+
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join(timeout=30)
+        assert "err" not in out, out.get("err")
+        np.testing.assert_array_equal(out["img"], main)
+        np.testing.assert_array_equal(w.render(SIM_CAMERA_BASE, 64), main)
+    finally:
+        w.close()
