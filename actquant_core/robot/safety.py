@@ -7,9 +7,12 @@
 - ``filter(cmd, state, dt)`` clamps one servo command: joint position limits, then the command's
   velocity relative to the previous *command* (servo targets lead the measured position, so the
   previous target, not the measurement, is the reference), then its acceleration, then a hard cap
-  on the step per tick; position limits are re-applied last and always win.  The filter is a pure
-  rate limiter: a target that stops abruptly while the command is moving overshoots by at most
-  v^2 / (2 a_max); the scheduler's blending keeps plans smooth so this is a last line, not a planner.
+  on the step per tick; position limits are re-applied last and always win.  A target stream that
+  respects the limits passes through unchanged.  When a clamp made the output lag, the desired
+  velocity is the target's own (capped) velocity plus a recovery term limited to what can still be
+  braked (~sqrt(2 a |lag|)), so the output converges without the limit cycle of a plain second-order
+  rate limiter; a target that stops abruptly while the output moves at v overshoots by at most
+  v^2 / (2 a_max).  The scheduler's blending keeps plans smooth; this is a last line, not a planner.
 - ``check_inputs(now, joint_stamp, camera_stamp)`` and ``check_watchdog(now)`` return a
   ``StopDecision``: stale joint data, stale camera data or an expired watchdog (no new chunk for
   ``watchdog_timeout_s`` while executing) mean "stop now".
@@ -176,8 +179,9 @@ class SafetyConfig:
 
 @dataclass
 class _FilterState:
-    q: np.ndarray | None = None  # previous command [6]
+    q: np.ndarray | None = None  # previous output command [6]
     qd: np.ndarray = field(default_factory=lambda: np.zeros(C.UR_NUM_JOINTS))  # its velocity [6]
+    q_in: np.ndarray | None = None  # previous (position-clamped) input target [6]
 
 
 class Safety:
@@ -299,8 +303,21 @@ class Safety:
 
             # 1. position limits on the target
             q = self._clamp_position(q_cmd, t, events)
-            # 2. velocity
-            v = (q - st.q) / dt
+            # 2. desired velocity = the target's own velocity (feed-forward, capped) + a lag-recovery
+            #    term that can always brake in time: sign(r) * min(|r| / dt, v_b(|r|)) with the discrete
+            #    braking speed v_b = sqrt((a dt)^2 + 2 a |r|) - a dt (no overshoot at any rate).  A smooth,
+            #    feasible target passes through unchanged; after a clamp the lag is recovered without
+            #    overshoot instead of the limit cycle a plain second-order rate limiter falls into.
+            if st.q_in is None:
+                v_ff = np.zeros(C.UR_NUM_JOINTS)
+            else:
+                v_ff = np.clip((q - st.q_in) / dt, -self._qd_max, self._qd_max)
+            st.q_in = q
+            r = q - st.q - v_ff * dt  # residual lag [6]
+            a_dt = cfg.qdd_max * dt
+            v_brake = np.sqrt(a_dt * a_dt + 2.0 * cfg.qdd_max * np.abs(r)) - a_dt
+            v_fb = np.sign(r) * np.minimum(np.abs(r) / dt, v_brake)
+            v = v_ff + v_fb
             over = np.abs(v) > self._qd_max
             for j in np.flatnonzero(over):
                 events.append(SafetyEvent(C.SAFETY_VELOCITY_LIMIT, int(j), float(v[j]), float(self._qd_max[j]), t))

@@ -61,7 +61,7 @@ def test_velocity_and_acceleration_clamping_exact():
         assert step[1] == pytest.approx(-v_expected * dt, abs=EXACT)
         assert np.all(step[2:] == 0.0)
         kinds = {e.kind for e in events}
-        assert C.SAFETY_VELOCITY_LIMIT in kinds  # the raw request (125 rad/s) always exceeds 3.14
+        assert C.SAFETY_VELOCITY_LIMIT in kinds  # the raw request (braking speed ~9 rad/s) exceeds 3.14
         if v_expected < cfg.qd_max[0]:
             assert C.SAFETY_ACCELERATION_LIMIT in kinds
         saw_velocity_event = True
@@ -168,3 +168,23 @@ def test_ur3_defaults():
     assert max(cfg.qd_max) <= C.RTDE_MAX_JOINT_SPEED
     with pytest.raises(ValueError, match="ur5"):
         SafetyConfig.for_ur_type("ur5")
+
+
+@pytest.mark.parametrize("rate_hz", [125.0, 500.0])
+def test_lag_recovery_converges_without_limit_cycle(rate_hz):
+    """Start 0.3 rad behind a target moving at 0.5 rad/s: the output catches up, never overshoots by
+    more than OVERSHOOT_TOL, and then passes the feasible target through exactly."""
+    OVERSHOOT_TOL = 1e-9  # rad: the discrete braking law does not overshoot (float round-off only)
+    s = Safety(SafetyConfig(qdd_max=10.0))
+    dt = 1.0 / rate_hz
+    s.reset(Q0 - np.array([0.3, 0, 0, 0, 0, 0]))
+    worst_over = 0.0
+    err = []
+    for k in range(int(3.0 * rate_hz)):
+        target = Q0 + np.array([0.5 * k * dt, 0, 0, 0, 0, 0])
+        out, _ = s.filter(JointCommand(target), state(Q0), dt)
+        worst_over = max(worst_over, out.q[0] - target[0])
+        err.append(abs(out.q[0] - target[0]))
+    assert worst_over < OVERSHOOT_TOL
+    assert max(err[int(1.5 * rate_hz):]) < 1e-9  # converged: exact pass-through
+    assert err[0] > 0.29  # it did start far behind (the clamp was active)
