@@ -140,7 +140,6 @@ def test_render_from_another_thread():
         def worker():
             try:
                 out["img"] = w.render(SIM_CAMERA_BASE, 64)
-                w.step(0.01)
             except Exception as e:  # reported below
                 out["err"] = e
 
