@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # Closed-loop bandwidth of the joint servo (rad/s) and its damping ratio.
 SERVO_OMEGA = 60.0
 SERVO_ZETA = 1.0
+# How long a target given with a velocity keeps moving on (s): a few servo periods of a lost stream.
+EXTRAPOLATE_S = 0.02
 # Where parked (unused) objects float, out of every camera's view.
 PARK_ORIGIN = np.array([-0.2, -0.2, -0.3])  # under the table top
 # Seed configuration for the home pose (UR "top-down" posture).
@@ -319,12 +321,16 @@ class UR3World:
             return False
 
     # ------------------------------------------------------------------ control
-    def set_joint_target(self, q: np.ndarray, duration: float = 0.0) -> np.ndarray:
+    def set_joint_target(self, q: np.ndarray, duration: float = 0.0, qd: np.ndarray | None = None) -> np.ndarray:
         """Set the servo target.
 
         Args:
             q: joint target [6] (rad); clipped to the joint limits.
-            duration: ramp time (s) from the current target to ``q`` (0 = step).
+            duration: ramp time (s) from the current target to ``q`` (0 = step).  The ramp slope is
+                fed forward as target velocity, so a stream of targets each ramped over one servo
+                period is tracked with sub-mrad error.
+            qd: optional target velocity [6] (rad/s) with ``duration == 0``: the target then moves on
+                from ``q`` at ``qd`` for up to ``EXTRAPOLATE_S`` (first-order hold, no added delay).
         Returns:
             The clipped target [6] actually used.
         """
@@ -336,11 +342,22 @@ class UR3World:
         if duration < 0:
             raise ValueError(f"duration must be >= 0, got {duration}")
         qc = np.clip(q, self._lower, self._upper)
+        if qd is not None:
+            qd = np.asarray(qd, dtype=np.float64)
+            if qd.shape != (6,) or not np.all(np.isfinite(qd)):
+                raise ValueError(f"target velocity must be finite with shape (6,), got {qd}")
+            if duration > 0:
+                raise ValueError(f"give either duration ({duration}) or qd, not both")
         with self.lock:
-            self._q_from = self._target()[0]
-            self._q_to = qc
+            if qd is not None:
+                self._q_from = qc
+                self._q_to = np.clip(qc + qd * EXTRAPOLATE_S, self._lower, self._upper)
+                self._ramp_T = EXTRAPOLATE_S
+            else:
+                self._q_from = self._target()[0]
+                self._q_to = qc
+                self._ramp_T = float(duration)
             self._ramp_t = 0.0
-            self._ramp_T = float(duration)
         return qc.copy()
 
     def set_gripper(self, open_fraction: float) -> float:

@@ -151,3 +151,29 @@ def test_render_from_another_thread():
         np.testing.assert_array_equal(w.render(SIM_CAMERA_BASE, 64), main)
     finally:
         w.close()
+
+
+@pytest.mark.parametrize("mode", ["ramp", "velocity"])
+def test_stream_tracking_modes(mode):
+    """servoJ-style stream at 500 Hz: ramped targets or targets with a velocity are tracked closely."""
+    w = UR3World("ur3e")
+    try:
+        q0 = w.home_q()
+        rate = w.control_rate_hz
+        errs = []
+        for k in range(int(1.0 * rate)):
+            t = k / rate
+            target = q0 + 0.3 * np.sin(2 * np.pi * 0.5 * t) * np.ones(6)
+            vel = 0.3 * 2 * np.pi * 0.5 * np.cos(2 * np.pi * 0.5 * t) * np.ones(6)
+            if mode == "ramp":
+                w.set_joint_target(target, duration=1 / rate)
+                ref_end = target
+            else:
+                w.set_joint_target(target, qd=vel)
+                ref_end = target + vel / rate
+            w.step(1 / rate)
+            if t > 0.3:
+                errs.append(np.abs(w.q - ref_end).max())
+        assert max(errs) < TRACK_TOL
+    finally:
+        w.close()
