@@ -220,6 +220,196 @@ PI05_STATE_BINS = 256
 # openvla_oft names (policies/openvla_oft)
 # ---------------------------------------------------------------------------------------------------
 
+OFT_FAMILY = "openvla_oft"
+
+# Upstream protocol constants (moojink/openvla-oft prismatic/vla/constants.py, modeling_prismatic.py).
+OFT_PROMPT_TEMPLATE = "In: What action should the robot take to {task}?\nOut:"  # task lower-cased
+OFT_LLAMA_EMPTY_TOKEN = 29871  # "▁": appended when the prompt does not end with it
+OFT_LLAMA_STOP_TOKEN = 2  # "</s>", appended after the action placeholders
+OFT_LLAMA_PLACEHOLDER_TOKEN = 1  # id of the action placeholders (their embeddings are zeroed anyway)
+OFT_LLAMA_PAD_TOKEN = 32000  # "<PAD>" added by prismatic, vocab padded to 32064
+OFT_LLAMA_TOKENIZER_VOCAB = 32000  # action bin b -> token id (tokenizer vocab - b)
+OFT_ACTION_BINS = 256
+OFT_NORM_EPS = 1e-8  # bounds_q99 (un)normalisation epsilon
+# Image normalisation (DINOv2: ImageNet; SigLIP: 0.5 / 0.5), per RGB channel.
+OFT_DINO_MEAN = (0.485, 0.456, 0.406)
+OFT_DINO_STD = (0.229, 0.224, 0.225)
+OFT_SIGLIP_MEAN = (0.5, 0.5, 0.5)
+OFT_SIGLIP_STD = (0.5, 0.5, 0.5)
+OFT_CENTER_CROP_AREA = 0.9
+# Image slots in model order (LIBERO: agentview + wrist).
+OFT_IMAGE_SLOTS = ("full_image", "wrist_image")
+# dataset_statistics.json: {unnorm_key: {"action": {q01, q99, mask, ...}, "proprio": {...}}}
+OFT_DATASET_STATS_FILE = "dataset_statistics.json"
+OFT_STATS_KEY_ACTION = "action"
+OFT_STATS_KEY_PROPRIO = "proprio"
+
+# --- canonical GGUF tensor names --------------------------------------------------------------------
+# Matrices [out, in] (torch Linear layout); vectors [n].  Prefix "vd." = DINOv2 featurizer, "vs." =
+# SigLIP fused featurizer; both store only the blocks that feed the features (depth - 1: the features
+# come from the second-to-last block, the last block and the final norm are dead weights).  Patch
+# embedding convs [w, 3, p, p] are stored flattened [w, 3*p*p] (column c*p*p + ky*p + kx).  Position
+# embeddings [n_patches, w] (DINOv2 has no_embed_class: patches only).  attn_qkv is timm's fused
+# [3w, w] = (q | k | v) rows.  ls1/ls2: LayerScale vectors ("scale_factor" upstream).  film_*: FiLM
+# Linear(lm_width -> w), present only with use_film.  Llama RMSNorm weights are stored as they are.
+OFT_TENSOR_NAMES = {
+    "vd_patch_w": "vd.patch_embd.weight",  # [dw, 3*p*p]
+    "vd_patch_b": "vd.patch_embd.bias",  # [dw]
+    "vd_pos": "vd.position_embd.weight",  # [n_patches, dw]
+    "vd_cls": "vd.cls_embd.weight",  # [dw]
+    "vd_reg": "vd.reg_embd.weight",  # [n_registers, dw]
+    "vd_ln1_w": "vd.blk.{i}.ln1.weight",
+    "vd_ln1_b": "vd.blk.{i}.ln1.bias",
+    "vd_qkv_w": "vd.blk.{i}.attn_qkv.weight",  # [3dw, dw]
+    "vd_qkv_b": "vd.blk.{i}.attn_qkv.bias",
+    "vd_out_w": "vd.blk.{i}.attn_out.weight",
+    "vd_out_b": "vd.blk.{i}.attn_out.bias",
+    "vd_ls1": "vd.blk.{i}.ls1.weight",
+    "vd_ln2_w": "vd.blk.{i}.ln2.weight",
+    "vd_ln2_b": "vd.blk.{i}.ln2.bias",
+    "vd_up_w": "vd.blk.{i}.ffn_up.weight",
+    "vd_up_b": "vd.blk.{i}.ffn_up.bias",
+    "vd_down_w": "vd.blk.{i}.ffn_down.weight",
+    "vd_down_b": "vd.blk.{i}.ffn_down.bias",
+    "vd_ls2": "vd.blk.{i}.ls2.weight",
+    "vd_film_scale_w": "vd.blk.{i}.film_scale.weight",  # [dw, lm_width]
+    "vd_film_scale_b": "vd.blk.{i}.film_scale.bias",
+    "vd_film_shift_w": "vd.blk.{i}.film_shift.weight",
+    "vd_film_shift_b": "vd.blk.{i}.film_shift.bias",
+    "vs_patch_w": "vs.patch_embd.weight",
+    "vs_patch_b": "vs.patch_embd.bias",
+    "vs_pos": "vs.position_embd.weight",
+    "vs_ln1_w": "vs.blk.{i}.ln1.weight",
+    "vs_ln1_b": "vs.blk.{i}.ln1.bias",
+    "vs_qkv_w": "vs.blk.{i}.attn_qkv.weight",
+    "vs_qkv_b": "vs.blk.{i}.attn_qkv.bias",
+    "vs_out_w": "vs.blk.{i}.attn_out.weight",
+    "vs_out_b": "vs.blk.{i}.attn_out.bias",
+    "vs_ln2_w": "vs.blk.{i}.ln2.weight",
+    "vs_ln2_b": "vs.blk.{i}.ln2.bias",
+    "vs_up_w": "vs.blk.{i}.ffn_up.weight",
+    "vs_up_b": "vs.blk.{i}.ffn_up.bias",
+    "vs_down_w": "vs.blk.{i}.ffn_down.weight",
+    "vs_down_b": "vs.blk.{i}.ffn_down.bias",
+    "vs_film_scale_w": "vs.blk.{i}.film_scale.weight",
+    "vs_film_scale_b": "vs.blk.{i}.film_scale.bias",
+    "vs_film_shift_w": "vs.blk.{i}.film_shift.weight",
+    "vs_film_shift_b": "vs.blk.{i}.film_shift.bias",
+    "mm_fc1_w": "mm.fc1.weight",  # [projector_hidden, dw + sw]
+    "mm_fc1_b": "mm.fc1.bias",
+    "mm_fc2_w": "mm.fc2.weight",  # [lm_width, projector_hidden]
+    "mm_fc2_b": "mm.fc2.bias",
+    "mm_fc3_w": "mm.fc3.weight",  # [lm_width, lm_width]
+    "mm_fc3_b": "mm.fc3.bias",
+    "pp_fc1_w": "proprio.fc1.weight",  # [lm_width, proprio_dim]
+    "pp_fc1_b": "proprio.fc1.bias",
+    "pp_fc2_w": "proprio.fc2.weight",  # [lm_width, lm_width]
+    "pp_fc2_b": "proprio.fc2.bias",
+    "lm_tok_embd": "lm.token_embd.weight",  # [vocab, lm_width]
+    "lm_attn_norm": "lm.blk.{i}.attn_norm.weight",
+    "lm_q": "lm.blk.{i}.attn_q.weight",  # [heads*hd, lm_width]
+    "lm_k": "lm.blk.{i}.attn_k.weight",  # [kv_heads*hd, lm_width]
+    "lm_v": "lm.blk.{i}.attn_v.weight",
+    "lm_o": "lm.blk.{i}.attn_output.weight",
+    "lm_ffn_norm": "lm.blk.{i}.ffn_norm.weight",
+    "lm_gate": "lm.blk.{i}.ffn_gate.weight",  # [lm_mlp, lm_width]
+    "lm_up": "lm.blk.{i}.ffn_up.weight",
+    "lm_down": "lm.blk.{i}.ffn_down.weight",
+    "lm_out_norm": "lm.output_norm.weight",
+    "lm_head": "lm.output.weight",  # [vocab, lm_width]: NLL only (not exported by default)
+    "hd_ln1_w": "head.ln1.weight",  # [action_dim*lm_width]
+    "hd_ln1_b": "head.ln1.bias",
+    "hd_fc1_w": "head.fc1.weight",  # [head_hidden, action_dim*lm_width]
+    "hd_fc1_b": "head.fc1.bias",
+    "hd_blk_ln_w": "head.blk.{i}.ln.weight",
+    "hd_blk_ln_b": "head.blk.{i}.ln.bias",
+    "hd_blk_fc_w": "head.blk.{i}.fc.weight",  # [head_hidden, head_hidden]
+    "hd_blk_fc_b": "head.blk.{i}.fc.bias",
+    "hd_ln2_w": "head.ln2.weight",
+    "hd_ln2_b": "head.ln2.bias",
+    "hd_fc2_w": "head.fc2.weight",  # [action_dim, head_hidden]
+    "hd_fc2_b": "head.fc2.bias",
+}
+# Tensors that are parameters but not matrices to quantize (token-like rows read whole): kept F32.
+OFT_KEEP_F32 = ("vd.cls_embd.weight", "vd.reg_embd.weight", "vd.position_embd.weight", "vs.position_embd.weight")
+OFT_LM_HEAD = "lm.output.weight"
+
+# --- named intermediates (torch reference <-> native graph) --------------------------------------------
+OFT_INTER_DINO = "dino_feat.{img}"  # [B, n_patches, dino_width] second-to-last block, prefix dropped
+OFT_INTER_SIGLIP = "siglip_feat.{img}"  # [B, n_patches, siglip_width]
+OFT_INTER_FILM_COND = "film_cond"  # [B, lm_width] mean language embedding (FiLM only)
+OFT_INTER_PROJECTOR = "projector_out"  # [B, n_images*n_patches, lm_width]
+OFT_INTER_PROPRIO = "proprio_emb"  # [B, lm_width]
+OFT_INTER_INPUT_EMB = "input_emb"  # [B, L, lm_width] multimodal sequence entering the decoder
+OFT_INTER_ACTION_HIDDEN = "action_hidden"  # [B, chunk*action_dim, lm_width] after the final RMSNorm
+OFT_INTER_ACTIONS = "actions"  # [B, chunk, action_dim] normalised actions
+
+# --- checkpoint keys (HF merged VLA shards + torch-pickled heads) ------------------------------------
+OFT_CKPT_DINO = "vision_backbone.featurizer."
+OFT_CKPT_SIGLIP = "vision_backbone.fused_featurizer."
+OFT_CKPT_LM = "language_model.model."
+OFT_CKPT_LM_HEAD = "language_model.lm_head.weight"
+OFT_CKPT_DDP_PREFIX = "module."
+OFT_CKPT_ACTION_HEAD_GLOB = "action_head--*checkpoint.pt"
+OFT_CKPT_PROPRIO_GLOB = "proprio_projector--*checkpoint.pt"
+OFT_CKPT_FILM_GLOB = "vision_backbone--*checkpoint.pt"
+# Checkpoint keys dropped silently (regex, full match): SigLIP MAP head, dead last blocks / final norms
+# are handled by the loader (it knows the depth).
+OFT_CKPT_DROP = (r"vision_backbone\.fused_featurizer\.attn_pool\..*",)
+# canonical-name template -> checkpoint-key template ({i} = block index).  ViT blocks: timm names.
+_OFT_VIT_BLOCK = {
+    "ln1.weight": "norm1.weight", "ln1.bias": "norm1.bias",
+    "attn_qkv.weight": "attn.qkv.weight", "attn_qkv.bias": "attn.qkv.bias",
+    "attn_out.weight": "attn.proj.weight", "attn_out.bias": "attn.proj.bias",
+    "ln2.weight": "norm2.weight", "ln2.bias": "norm2.bias",
+    "ffn_up.weight": "mlp.fc1.weight", "ffn_up.bias": "mlp.fc1.bias",
+    "ffn_down.weight": "mlp.fc2.weight", "ffn_down.bias": "mlp.fc2.bias",
+    "ls1.weight": "ls1.scale_factor", "ls2.weight": "ls2.scale_factor",
+    "film_scale.weight": "scale.weight", "film_scale.bias": "scale.bias",
+    "film_shift.weight": "shift.weight", "film_shift.bias": "shift.bias",
+}
+OFT_CKPT_KEYS = {
+    "vd.patch_embd.weight": OFT_CKPT_DINO + "patch_embed.proj.weight",  # conv [w, 3, p, p]
+    "vd.patch_embd.bias": OFT_CKPT_DINO + "patch_embed.proj.bias",
+    "vd.position_embd.weight": OFT_CKPT_DINO + "pos_embed",  # [1, n_patches, w]
+    "vd.cls_embd.weight": OFT_CKPT_DINO + "cls_token",  # [1, 1, w]
+    "vd.reg_embd.weight": OFT_CKPT_DINO + "reg_token",  # [1, n_registers, w]
+    "vs.patch_embd.weight": OFT_CKPT_SIGLIP + "patch_embed.proj.weight",
+    "vs.patch_embd.bias": OFT_CKPT_SIGLIP + "patch_embed.proj.bias",
+    "vs.position_embd.weight": OFT_CKPT_SIGLIP + "pos_embed",
+    **{f"vd.blk.{{i}}.{k}": OFT_CKPT_DINO + f"blocks.{{i}}.{v}" for k, v in _OFT_VIT_BLOCK.items()},
+    **{f"vs.blk.{{i}}.{k}": OFT_CKPT_SIGLIP + f"blocks.{{i}}.{v}" for k, v in _OFT_VIT_BLOCK.items()
+       if not k.startswith("ls")},
+    **{f"mm.fc{n}.{w}": f"projector.fc{n}.{w}" for n in (1, 2, 3) for w in ("weight", "bias")},
+    "lm.token_embd.weight": OFT_CKPT_LM + "embed_tokens.weight",
+    "lm.blk.{i}.attn_norm.weight": OFT_CKPT_LM + "layers.{i}.input_layernorm.weight",
+    "lm.blk.{i}.attn_q.weight": OFT_CKPT_LM + "layers.{i}.self_attn.q_proj.weight",
+    "lm.blk.{i}.attn_k.weight": OFT_CKPT_LM + "layers.{i}.self_attn.k_proj.weight",
+    "lm.blk.{i}.attn_v.weight": OFT_CKPT_LM + "layers.{i}.self_attn.v_proj.weight",
+    "lm.blk.{i}.attn_output.weight": OFT_CKPT_LM + "layers.{i}.self_attn.o_proj.weight",
+    "lm.blk.{i}.ffn_norm.weight": OFT_CKPT_LM + "layers.{i}.post_attention_layernorm.weight",
+    "lm.blk.{i}.ffn_gate.weight": OFT_CKPT_LM + "layers.{i}.mlp.gate_proj.weight",
+    "lm.blk.{i}.ffn_up.weight": OFT_CKPT_LM + "layers.{i}.mlp.up_proj.weight",
+    "lm.blk.{i}.ffn_down.weight": OFT_CKPT_LM + "layers.{i}.mlp.down_proj.weight",
+    "lm.output_norm.weight": OFT_CKPT_LM + "norm.weight",
+    "lm.output.weight": OFT_CKPT_LM_HEAD,
+}
+# Torch-pickled heads (after stripping "module."): canonical template -> state-dict key.
+OFT_CKPT_HEAD_KEYS = {
+    "head.ln1.weight": "model.layer_norm1.weight", "head.ln1.bias": "model.layer_norm1.bias",
+    "head.fc1.weight": "model.fc1.weight", "head.fc1.bias": "model.fc1.bias",
+    "head.blk.{i}.ln.weight": "model.mlp_resnet_blocks.{i}.ffn.0.weight",
+    "head.blk.{i}.ln.bias": "model.mlp_resnet_blocks.{i}.ffn.0.bias",
+    "head.blk.{i}.fc.weight": "model.mlp_resnet_blocks.{i}.ffn.1.weight",
+    "head.blk.{i}.fc.bias": "model.mlp_resnet_blocks.{i}.ffn.1.bias",
+    "head.ln2.weight": "model.layer_norm2.weight", "head.ln2.bias": "model.layer_norm2.bias",
+    "head.fc2.weight": "model.fc2.weight", "head.fc2.bias": "model.fc2.bias",
+}
+OFT_CKPT_PROPRIO_KEYS = {
+    "proprio.fc1.weight": "fc1.weight", "proprio.fc1.bias": "fc1.bias",
+    "proprio.fc2.weight": "fc2.weight", "proprio.fc2.bias": "fc2.bias",
+}
+
 # ---------------------------------------------------------------------------------------------------
 # Robot / RTDE names (robot/)
 # ---------------------------------------------------------------------------------------------------
