@@ -96,6 +96,11 @@ class StopDecision:
         return ",".join(e.kind for e in self.events)
 
 
+def _clip(x: np.ndarray, limit: np.ndarray | float) -> np.ndarray:
+    """Symmetric clip to [-limit, limit] (cheaper than np.clip on 6-vectors)."""
+    return np.minimum(np.maximum(x, -limit), limit)
+
+
 def _six(name: str, values: tuple[float, ...]) -> tuple[float, ...]:
     if len(values) != C.UR_NUM_JOINTS:
         raise ValueError(f"{name} must have {C.UR_NUM_JOINTS} entries, got {len(values)}: {values!r}")
@@ -283,7 +288,7 @@ class Safety:
         t = current_state.stamp if now is None else now
         if not (math.isfinite(dt) and dt > 0):
             raise ValueError(f"dt must be a positive finite period in s, got {dt!r}")
-        q_cmd = np.asarray(cmd.q, dtype=np.float64).reshape(-1)
+        q_cmd = np.array(cmd.q, dtype=np.float64).reshape(-1)  # a copy: kept as the next q_in
         if q_cmd.shape != (C.UR_NUM_JOINTS,) or not np.all(np.isfinite(q_cmd)):
             ev = SafetyEvent(C.SAFETY_NONFINITE if q_cmd.shape == (C.UR_NUM_JOINTS,) else C.SAFETY_BAD_SHAPE,
                              -1, math.nan, math.inf, t, f"command q={q_cmd!r}")
@@ -311,7 +316,7 @@ class Safety:
             if st.q_in is None:
                 v_ff = np.zeros(C.UR_NUM_JOINTS)
             else:
-                v_ff = np.clip((q - st.q_in) / dt, -self._qd_max, self._qd_max)
+                v_ff = _clip((q - st.q_in) / dt, self._qd_max)
             st.q_in = q
             r = q - st.q - v_ff * dt  # residual lag [6]
             a_dt = cfg.qdd_max * dt
@@ -319,22 +324,22 @@ class Safety:
             v_fb = np.sign(r) * np.minimum(np.abs(r) / dt, v_brake)
             v = v_ff + v_fb
             over = np.abs(v) > self._qd_max
-            for j in np.flatnonzero(over):
+            for j in (np.flatnonzero(over) if over.any() else ()):
                 events.append(SafetyEvent(C.SAFETY_VELOCITY_LIMIT, int(j), float(v[j]), float(self._qd_max[j]), t))
-            v = np.clip(v, -self._qd_max, self._qd_max)
+            v = _clip(v, self._qd_max)
             # 3. acceleration relative to the previous command's velocity
             a = (v - st.qd) / dt
             over = np.abs(a) > cfg.qdd_max
-            for j in np.flatnonzero(over):
+            for j in (np.flatnonzero(over) if over.any() else ()):
                 events.append(SafetyEvent(C.SAFETY_ACCELERATION_LIMIT, int(j), float(a[j]), cfg.qdd_max, t))
-            v = st.qd + np.clip(a, -cfg.qdd_max, cfg.qdd_max) * dt
-            v = np.clip(v, -self._qd_max, self._qd_max)
+            v = st.qd + _clip(a, cfg.qdd_max) * dt
+            v = _clip(v, self._qd_max)
             # 4. hard step cap
             step = v * dt
             over = np.abs(step) > cfg.max_step_rad
-            for j in np.flatnonzero(over):
+            for j in (np.flatnonzero(over) if over.any() else ()):
                 events.append(SafetyEvent(C.SAFETY_STEP_LIMIT, int(j), float(step[j]), cfg.max_step_rad, t))
-            step = np.clip(step, -cfg.max_step_rad, cfg.max_step_rad)
+            step = _clip(step, cfg.max_step_rad)
             # 5. position limits again (they win over acceleration feasibility)
             q_out = self._clamp_position(st.q + step, t, events)
             st.qd = (q_out - st.q) / dt
@@ -351,11 +356,13 @@ class Safety:
     def _clamp_position(self, q: np.ndarray, t: float, events: list[SafetyEvent]) -> np.ndarray:
         low = q < self._q_min
         high = q > self._q_max
+        if not (low.any() or high.any()):
+            return q
         for j in np.flatnonzero(low):
             events.append(SafetyEvent(C.SAFETY_POSITION_LIMIT, int(j), float(q[j]), float(self._q_min[j]), t))
         for j in np.flatnonzero(high):
             events.append(SafetyEvent(C.SAFETY_POSITION_LIMIT, int(j), float(q[j]), float(self._q_max[j]), t))
-        return np.clip(q, self._q_min, self._q_max)
+        return np.minimum(np.maximum(q, self._q_min), self._q_max)
 
     # -- stop decisions ----------------------------------------------------------------------------
     def check_inputs(self, now: float, joint_stamp: float | None,
