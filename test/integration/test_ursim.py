@@ -27,7 +27,7 @@ SERVO_HOLD_S = 0.6  # >= 6 servo time constants (lookahead 0.1 s, gain 300)
 SERVO_LAG_TOL = 0.1  # rad: streaming lag; lookahead 0.1 s x peak speed 0.63 rad/s = 0.063 rad + transport
 FAULT_REACTION_S = 0.2  # a fault must make commands fail within this time
 STOP_SETTLE_S = 0.3  # the arm must be at rest this long after a stop (deceleration >= 10 rad/s^2)
-TIMESTAMP_RATE_TOL = 0.15  # relative: controller timestamps advance at wall-clock speed
+TIMESTAMP_RATE_TOL = 0.25  # relative: controller time advances at wall-clock speed (loaded 2-core CI)
 
 ursim_e = ursim_fixture(model=C.UR_TYPE_UR3E)  # e-series, 500 Hz
 ursim_cb3 = ursim_fixture(model=C.UR_TYPE_UR3)  # CB3, 125 Hz
@@ -66,6 +66,14 @@ def _wait_for(pred, timeout_s: float, what: str, poll_s: float = 0.005):
     raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
+def _assert_realtime(r, window_s: float = 0.5) -> None:
+    """The controller clock (RTDE timestamp) advances at wall-clock speed."""
+    t0, w0 = r.getTimestamp(), time.monotonic()
+    time.sleep(window_s)
+    t1, w1 = r.getTimestamp(), time.monotonic()
+    assert abs((t1 - t0) / (w1 - w0) - 1.0) < TIMESTAMP_RATE_TOL, f"controller time {t1 - t0:.3f} s in {w1 - w0:.3f} s"
+
+
 def _assert_at_rest(r, window_s: float = 0.1) -> None:
     q_a = np.array(r.getActualQ())
     time.sleep(window_s)
@@ -94,10 +102,7 @@ def test_receive_interface_reads_state(ursim_e):
         # UR3e flange at the zero pose from the DH parameters: (a2 + a3, -(d4 + d6), d1 - d5), R = Rx(pi/2)
         expected = [-0.24355 - 0.2132, -(0.13105 + 0.0921), 0.15185 - 0.08535, math.pi / 2, 0.0, 0.0]
         np.testing.assert_allclose(r.getActualTCPPose(), expected, atol=1e-9)
-        t0, w0 = r.getTimestamp(), time.monotonic()
-        time.sleep(0.3)
-        t1, w1 = r.getTimestamp(), time.monotonic()
-        assert abs((t1 - t0) / (w1 - w0) - 1.0) < TIMESTAMP_RATE_TOL
+        _assert_realtime(r)
         assert r.getActualDigitalOutputBits() in (0, 1)
         assert r.getOutputIntRegister(12) == 0
     finally:
@@ -141,9 +146,7 @@ def test_movej_reaches_target_cb3(ursim_cb3):
     r = _receive(ursim_cb3.host)
     c = _control(ursim_cb3.host)
     try:
-        t0 = r.getTimestamp()
-        time.sleep(0.2)
-        assert abs((r.getTimestamp() - t0) - 0.2) < 0.2 * TIMESTAMP_RATE_TOL + 2 / 125
+        _assert_realtime(r)
         q0 = np.array(r.getActualQ())
         target = q0 + np.array([0.4, -0.3, 0.2, 0.1, -0.1, 0.5])
         v, a = 1.0, 2.0
@@ -278,6 +281,9 @@ def test_watchdog_stops_motion_when_kicks_stop(ursim_e):
     try:
         assert c.setWatchdog(10.0)  # expires after 0.1 s without input
         assert c.speedJ([0.2, 0, 0, 0, 0, 0], 2.0, 0.0)
+        # let the controller read the speedJ command before the first kick overwrites the command register
+        # (kickWatchdog writes command 0; a real controller has the same race)
+        _wait_for(lambda: r.getTargetQd()[0] > 0.0, 0.05, "speedJ picked up")
         for _ in range(30):  # 0.3 s of kicks at ~100 Hz keep it running
             assert c.kickWatchdog()
             time.sleep(0.01)
@@ -353,6 +359,75 @@ def test_io_standard_digital_out_drives_gripper(ursim_e):
         _wait_for(lambda: ursim_e.state()["gripper"] == 0.0, 0.5, "gripper closed")
         assert io.setStandardDigitalOut(0, False)
         _wait_for(lambda: ursim_e.state()["gripper"] == 1.0, 0.5, "gripper open")
-        assert not r.getActualDigitalOutputBits() & 1
+        _wait_for(lambda: not r.getActualDigitalOutputBits() & 1, 0.5, "digital out 0 low")
     finally:
         _disconnect(io, r)
+
+
+def test_speedj_speedstop_and_stopscript(ursim_e):
+    r = _receive(ursim_e.host)
+    c = _control(ursim_e.host)
+    try:
+        qd = [0.0, 0.0, 0.0, -0.3, 0.0, 0.2]
+        assert c.speedJ(qd, 3.0, 0.0)
+        _wait_for(lambda: np.allclose(r.getActualQd(), qd, atol=1e-9), 0.5, "speedJ velocity reached")
+        with client_deadline(CONNECT_DEADLINE_S, "speedStop"):
+            assert c.speedStop(10.0)
+        _assert_at_rest(r)
+        with client_deadline(CONNECT_DEADLINE_S, "stopScript"):
+            c.stopScript()
+        _wait_for(lambda: not c.isProgramRunning(), 0.5, "control script stopped")
+        assert r.getRuntimeState() == C.URSIM_RUNTIME_STOPPED
+        assert not c.speedJ(qd, 3.0, 0.0)
+    finally:
+        _disconnect(c, r)
+
+
+def test_upper_range_registers(ursim_e):
+    flags = rtde_control.RTDEControlInterface.FLAG_UPLOAD_SCRIPT | rtde_control.RTDEControlInterface.FLAG_UPPER_RANGE_REGISTERS
+    with client_deadline(CONNECT_DEADLINE_S, "RTDEControlInterface upper range"):
+        c = rtde_control.RTDEControlInterface(ursim_e.host, -1.0, flags)
+    with client_deadline(CONNECT_DEADLINE_S, "RTDEReceiveInterface upper range"):
+        r = rtde_receive.RTDEReceiveInterface(ursim_e.host, -1.0, [], False, True)
+    try:
+        q = np.array(r.getActualQ())
+        target = q + np.array([0.0, 0.1, 0.0, 0.0, 0.0, 0.0])
+        with client_deadline(CONNECT_DEADLINE_S, "moveJ upper range"):
+            assert c.moveJ(target.tolist(), 1.0, 4.0)
+        np.testing.assert_allclose(r.getActualQ(), target, atol=Q_EXACT_TOL)
+        state = ursim_e.state()
+        assert state["program"] == "rtde_control"
+        pose = c.getForwardKinematics()  # answered through output_double_register_24..29
+        np.testing.assert_allclose(pose, r.getActualTCPPose(), atol=1e-9)
+    finally:
+        _disconnect(c, r)
+
+
+def test_cli_ready_file_and_sigterm(tmp_path):
+    """The command line writes its READY line to --ready-file and exits 0 on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from actquant_core.sim.ursim.testing import pick_loopback_host
+
+    ready = tmp_path / "ursim.ready"
+    host = pick_loopback_host()
+    proc = subprocess.Popen([sys.executable, "-m", "actquant_core.sim.ursim", "--host", host, "--model", "ur3",
+                             "--ready-file", str(ready), "--log-level", "WARNING", "--exit-with-parent"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    try:
+        _wait_for(ready.exists, 20.0, "ready file", poll_s=0.05)
+        line = ready.read_text().strip()
+        assert line.startswith(C.URSIM_READY_LINE) and f"host={host}" in line and "rate_hz=125" in line
+        from actquant_core.sim.ursim.testing import dashboard_command
+
+        assert dashboard_command(host, "robotmode") == "Robotmode: RUNNING"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5.0) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -53,6 +53,9 @@ _WRITE_RE = re.compile(r"write_output_(integer|float)_register\(\s*([0-9+\s]+?)\
 _DEF_RE = re.compile(r"^(?:def|sec)\s+([A-Za-z_][A-Za-z0-9_]*)\s*\(")
 
 STATS_WINDOW = 5000  # cycles kept for the loop timing statistics
+# Behind schedule by less than this, the loop runs the missed cycles back to back (controller time stays
+# locked to wall time); further behind (the machine stalled), it drops them and restarts the schedule.
+RESYNC_AFTER_S = 0.1
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -428,7 +431,7 @@ class Controller:
             delay = next_t - end
             if delay < 0:
                 self._overruns += 1
-                if delay < -10 * dt:  # far behind (machine stalled): resynchronise instead of bursting
+                if delay < -RESYNC_AFTER_S:  # far behind (machine stalled): resynchronise instead of bursting
                     next_t = end
                 continue
             self._stop_evt.wait(delay) if delay > 0.002 else time.sleep(delay)
