@@ -10,7 +10,6 @@ geometry is identical).
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 
@@ -41,6 +40,8 @@ def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
     h, w = image.shape[:2]
     if (h, w) == (height, width):
         return image.copy()
+    import cv2  # only when a resize is needed (the training machine has no OpenCV; sim frames are 224 px)
+
     rh, rw, top, left = resize_with_pad_geometry(h, w, height, width)
     interp = cv2.INTER_AREA if (rh < h or rw < w) else cv2.INTER_LINEAR
     resized = cv2.resize(np.ascontiguousarray(image), (rw, rh), interpolation=interp)

@@ -6,7 +6,7 @@ Presets (``get_preset(name)``):
 - ``pi05``: the real model (SigLIP So400m/14, Gemma 2B, Gemma 300m expert).
 - ``pi05-tiny``: every structural feature (MQA, adaRMS, three camera slots, padding), tiny sizes,
   a forward runs in milliseconds on a CPU.  For unit and parity tests.
-- ``pi05-small``: ~19 M parameters; every large matrix has a row length (input dim) that is a
+- ``pi05-small``: ~16.4 M parameters (31 MB in bf16); every large matrix has a row length (input dim) that is a
   multiple of 256 so GGML K-quants apply.  The size we train in simulation; vocab 1024 matches our
   own SentencePiece model (``actquant_core/assets/tokenizers``).  Unlike openpi's pi05_libero it
   puts the state in the prompt (``discrete_state_input=True``, ``state_dim=8``: UR3 6 joints +
@@ -265,17 +265,17 @@ def _preset_small() -> Pi05Config:
         patch_size=14,
         vision_width=256,
         vision_depth=4,
-        vision_mlp=1024,
+        vision_mlp=768,
         vision_heads=4,
         lm_width=512,
         lm_depth=4,
         num_heads=4,
         num_kv_heads=1,
         head_dim=128,
-        lm_mlp=1024,
+        lm_mlp=768,
         vocab_size=1024,
         expert_width=256,
-        expert_mlp=1024,
+        expert_mlp=768,
         expert_depth=4,
         action_dim=32,
         action_horizon=10,

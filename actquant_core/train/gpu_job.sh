@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One GPU-machine job (device tool): demonstrations on its CPUs, pi05-small training on its GPU, and a check
+# that the CUDA build of the native module compiles and runs. Reproduces the shipped small policy:
+#
+#   device run (carry: .gl .carry .cache):  bash actquant_core/train/gpu_job.sh EPISODES_PER_TASK TRAIN_MINUTES
+#
+# Needs, carried in the working tree: .gl/*.deb (EGL loaders, see README "GPU machine"), .carry/wheels
+# (mujoco, mujoco-core, glfw, pyopengl, gguf for the machine's Python 3.12), .cache/ggml-0.15.3 (GGML source).
+# Results go to $OUT: trained policy folder (sharded), demos report, CUDA check log.
+set -uo pipefail
+EPT=${1:-30}
+MIN=${2:-5}
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+for f in .gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+python3 -m pip install -q --no-index --no-deps --target /tmp/pylib .carry/wheels/*.whl
+export PYTHONPATH=$PWD:/tmp/pylib MUJOCO_GL=egl PYTHONUNBUFFERED=1
+python3 -c "import torch, mujoco; print('torch', torch.__version__, torch.cuda.get_device_name(), 'mujoco', mujoco.__version__)"
+
+# CUDA build of the native module, in the background while demos and training run.
+(
+  cmake -S native -B /tmp/build-cuda -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+        -DGGML_SOURCE_DIR=$PWD/.cache/ggml-0.15.3/vendor/ggml -DPython_EXECUTABLE=$(which python3) \
+        -DACTQUANT_NATIVE_OUTPUT_DIR=/tmp/native-cuda > "$OUT/cuda_build.log" 2>&1 &&
+  nice cmake --build /tmp/build-cuda --target _native -j 6 >> "$OUT/cuda_build.log" 2>&1
+  echo "cuda build rc=$?" >> "$OUT/cuda_build.log"
+) &
+BUILD_PID=$!
+
+t0=$(date +%s)
+python3 -m actquant_core.sim.demos --suite all --episodes-per-task "$EPT" --out /tmp/demos --workers 10 \
+        --formats lerobot 2>&1 | tail -3
+cp /tmp/demos/demos_report.json "$OUT/" 2>/dev/null
+echo "demos: $(( $(date +%s) - t0 )) s"
+python3 -m actquant_core.train.pi05 --data /tmp/demos/lerobot --out "$OUT/pi05-small-sim" --state-dir /tmp/state \
+        --minutes "$MIN" --batch-size 64 2>&1 | grep -v Warning | tail -25
+wait $BUILD_PID
+tail -3 "$OUT/cuda_build.log"
+if ls /tmp/native-cuda/_native*.so >/dev/null 2>&1; then
+  mkdir -p /tmp/cudapkg/actquant_core && cp /tmp/native-cuda/_native*.so /tmp/cudapkg/actquant_core/
+  python3 - <<'PY' 2>&1 | tee "$OUT/cuda_check.txt"
+import sys, importlib.util, numpy as np, tempfile, os
+so = [os.path.join('/tmp/native-cuda', f) for f in os.listdir('/tmp/native-cuda') if f.startswith('_native')][0]
+spec = importlib.util.spec_from_file_location('actquant_core._native', so)
+mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod); sys.modules['actquant_core._native'] = mod
+from actquant_core import native
+from actquant_core.gguf import TensorEntry, write_policy_gguf
+print('has_cuda', native.has_cuda(), 'devices', mod.cuda_device_count())
+rng = np.random.default_rng(0)
+W = (rng.standard_normal((4096, 4096)) * 0.02).astype(np.float32)
+x = rng.standard_normal((8, 4096)).astype(np.float32)
+p = tempfile.mktemp(suffix='.gguf')
+write_policy_gguf(p, 'test', {}, [TensorEntry('w.q4', W, 'Q4_K'), TensorEntry('w.f16', W, 'F16')])
+cpu = native.Backend(8, 'cpu'); gpu = native.Backend(8, 'cuda')
+mc = native.GgufModel(p, cpu); mg = native.GgufModel(p, gpu)
+for n in ('w.q4', 'w.f16'):
+    yc = native.mul_mat(mc, cpu, n, x); yg = native.mul_mat(mg, gpu, n, x)
+    print(n, gpu.description, 'rel diff cpu vs cuda', float(np.linalg.norm(yc - yg) / np.linalg.norm(yc)))
+PY
+fi
+ls -la "$OUT" "$OUT/pi05-small-sim" 2>/dev/null
