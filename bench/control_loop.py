@@ -9,6 +9,7 @@ Measures, and writes to ``bench/results/control_loop.json``:
    thread feeds chunks; also with the spin disabled (plain ``time.sleep``) for comparison.
 2. ``stalls_realtime``: chunk-boundary stalls with a synthetic runtime that *sleeps* for the policy
    latency (50..300 ms) and requests the next chunk when ``needs_new_chunk()`` says so (target: 0).
+   Also the image-to-command latency (observation time -> first servo command from that chunk).
 3. ``stalls_simulated``: the same protocol on a simulated clock (deterministic, 60 s per case,
    including uniformly random latency 50-300 ms), for both rates.
 4. ``ursim`` (when the UR controller simulator is importable): jitter with ``RtdeArm`` against the
@@ -104,7 +105,7 @@ def run_dry(rate_hz: float, seconds: float, latency_fn, spin_s: float = 0.0005) 
 
 def summarize(rep: dict) -> dict:
     keys = ("rate_hz", "ticks", "commands_sent", "stall_ticks", "stall_episodes", "late_ticks", "overruns",
-            "period_ms", "jitter_ms", "tick_compute_ms")
+            "period_ms", "jitter_ms", "tick_compute_ms", "obs_to_command_ms")
     out = {k: rep[k] for k in keys}
     out["faults"] = [f["reason"] for f in rep["faults"]]
     out["chunks_received"] = rep["scheduler"]["chunks_received"]
@@ -203,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         rep = summarize(run_dry(125.0, args.stall_seconds, lambda lat=lat: lat))
         results["stalls_realtime"][f"{int(lat * 1000)}ms"] = rep
         print(f"stalls real-time latency {int(lat * 1000):3d} ms @125 Hz: stall ticks {rep['stall_ticks']}, "
-              f"late ticks {rep['late_ticks']}, chunks {rep['chunks_received']}, faults {rep['faults']}")
+              f"late ticks {rep['late_ticks']}, chunks {rep['chunks_received']}, image-to-command p50 "
+              f"{rep['obs_to_command_ms']['p50']:.1f} ms, faults {rep['faults']}")
     rng = np.random.default_rng(0)
     for rate in (125.0, 500.0):
         for name, fn in [(f"{int(lat * 1000)}ms", (lambda lat=lat: lat)) for lat in LATENCIES_S] + [

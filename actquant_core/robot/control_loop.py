@@ -121,7 +121,12 @@ def _stats_ms(x: np.ndarray) -> dict[str, float]:
 
 @dataclass
 class LoopReport:
-    """Counters and timing of a ``ControlLoop`` (times in ms)."""
+    """Counters and timing of a ``ControlLoop`` (times in ms; each timing dict has p50 / p99 / max / n).
+
+    ``period_ms``: tick-to-tick period; ``jitter_ms``: |period - nominal|; ``tick_compute_ms``: time
+    spent inside one tick; ``obs_to_command_ms``: observation (image) time of each accepted chunk to the
+    first servo command sent after it (inference latency + waiting for the next tick).
+    """
 
     rate_hz: float
     ticks: int
@@ -135,6 +140,7 @@ class LoopReport:
     period_ms: dict[str, float]
     jitter_ms: dict[str, float]
     tick_compute_ms: dict[str, float]
+    obs_to_command_ms: dict[str, float]
     safety_counts: dict[str, int]
     faults: list[dict] = field(default_factory=list)
     scheduler: dict = field(default_factory=dict)
@@ -184,6 +190,8 @@ class ControlLoop:
         self._last_tick_start: float | None = None
         self._periods: collections.deque[float] = collections.deque(maxlen=self.config.stats_window)
         self._compute: collections.deque[float] = collections.deque(maxlen=self.config.stats_window)
+        self._obs_to_cmd: collections.deque[float] = collections.deque(maxlen=10_000)
+        self._pending_obs: float | None = None
 
     # -- inputs from other threads ----------------------------------------------------------------
     def update_camera_stamp(self, stamp: float) -> None:
@@ -250,6 +258,7 @@ class ControlLoop:
             ok = self.scheduler.submit(actions, now, obs_time=obs, current_q=q)
             if ok:
                 self.safety.kick_watchdog(now)
+                self._pending_obs = float(obs)
             return ok
 
     # -- fault handling ---------------------------------------------------------------------------
@@ -371,6 +380,9 @@ class ControlLoop:
             self._enter_fault(C.SAFETY_EXCEPTION, now, f"send raised {exc!r}")
             return TickResult(now, None, stalled=sc.stalled, faulted=True, events=tuple(events))
         self._sent += 1
+        if self._pending_obs is not None:  # first command shaped by the newest chunk
+            self._obs_to_cmd.append(now - self._pending_obs)
+            self._pending_obs = None
         return TickResult(now, sent, stalled=sc.stalled, events=tuple(events))
 
     # -- running ----------------------------------------------------------------------------------
@@ -470,6 +482,8 @@ class ControlLoop:
                 faulted_ticks=self._faulted_ticks, stall_ticks=self._stall_ticks,
                 stall_episodes=self._stall_episodes, late_ticks=self._late, overruns=self._overruns,
                 period_ms=_stats_ms(periods), jitter_ms=_stats_ms(np.abs(periods - self.period)),
-                tick_compute_ms=_stats_ms(compute), safety_counts=self.safety.counts,
+                tick_compute_ms=_stats_ms(compute),
+                obs_to_command_ms=_stats_ms(np.asarray(self._obs_to_cmd, dtype=np.float64)),
+                safety_counts=self.safety.counts,
                 faults=[f.to_dict() for f in self._faults], scheduler=self.scheduler.stats.to_dict(),
             )

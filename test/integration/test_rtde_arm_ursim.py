@@ -160,3 +160,33 @@ def test_dropped_connection_is_a_fault(ursim):
         assert np.max(np.abs(st["qd"])) <= AT_REST_TOL, st["qd"]
     finally:
         close(arm, loop)  # must not hang on a dropped connection
+
+
+def test_nan_chunk_while_streaming_stops_the_arm(ursim):
+    """A NaN chunk from the policy: rejected, servoStop issued in the same call, nothing sent after,
+    and the arm decelerates to rest at the configured stop deceleration."""
+    from actquant_core.robot.safety import SafetyViolation
+
+    assert ursim.reset()
+    arm, loop = make_loop(ursim.host, ursim.rate_hz)
+    try:
+        q0 = arm.observe().q
+        loop.start()
+        wait_for(lambda: loop.latest_state() is not None, 1.0, "first tick")
+        assert loop.submit_chunk(ramp(q0, time.monotonic(), np.array([0.6, 0, 0, 0, 0, 0])))
+        time.sleep(0.4)
+        v = float(np.max(np.abs(ursim.state()["qd"])))
+        assert v > 0.1
+        bad = ramp(q0, time.monotonic(), np.array([0.6, 0, 0, 0, 0, 0]))
+        bad.actions[5, 0] = np.nan
+        with pytest.raises(SafetyViolation):
+            loop.submit_chunk(bad)
+        n_at_fault = arm.n_sent  # servoStop already returned: the loop is latched
+        assert loop.fault.reason == C.SAFETY_NONFINITE
+        # stop deceleration 10 rad/s^2: at rest after v / a (+ two controller periods + slack)
+        time.sleep(v / arm.config.stop_deceleration + 2.0 / ursim.rate_hz + FAULT_DETECT_SLACK_S)
+        assert np.max(np.abs(ursim.state()["qd"])) <= AT_REST_TOL
+        time.sleep(0.2)
+        assert arm.n_sent == n_at_fault
+    finally:
+        close(arm, loop)

@@ -289,3 +289,17 @@ def test_same_loop_drives_the_mujoco_sim_arm():
         np.testing.assert_allclose(arm.observe().q, q0 + delta, atol=TRACK_TOL)
     finally:
         arm.disconnect()
+
+
+def test_obs_to_command_latency_reported():
+    clock, arm, loop = make()
+    loop.step()
+    clock.advance(loop.period)
+    t_obs = clock.now()
+    clock.advance(0.1)  # 100 ms inference
+    assert loop.submit_chunk(ramp_chunk(t_obs))
+    clock.advance(0.003)  # next tick 3 ms later
+    tick(loop, clock, 5)
+    rep = loop.report()
+    assert rep.obs_to_command_ms["n"] == 1
+    assert rep.obs_to_command_ms["p50"] == pytest.approx(103.0, abs=1e-6)
