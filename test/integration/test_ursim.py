@@ -82,6 +82,14 @@ def _assert_at_rest(r, window_s: float = 0.1) -> None:
     assert np.max(np.abs(r.getActualQd())) < 1e-9
 
 
+@pytest.fixture(scope="module")
+def recv_e(ursim_e):
+    """One RTDEReceiveInterface on the e-series simulator shared by the tests (each disconnect costs 0.5 s)."""
+    r = _receive(ursim_e.host)
+    yield r
+    _disconnect(r)
+
+
 @pytest.fixture(autouse=True)
 def _healthy(request):
     """Every test starts from a healthy, powered arm (earlier tests inject faults)."""
@@ -110,8 +118,8 @@ def test_receive_interface_reads_state(ursim_e):
         assert ursim_e.reset()
 
 
-def test_servoj_stream_is_tracked(ursim_e):
-    r = _receive(ursim_e.host)
+def test_servoj_stream_is_tracked(ursim_e, recv_e):
+    r = recv_e
     c = _control(ursim_e.host)
     try:
         assert c.isProgramRunning()
@@ -139,7 +147,7 @@ def test_servoj_stream_is_tracked(ursim_e):
         with client_deadline(CONNECT_DEADLINE_S, "moveJ back"):
             assert c.moveJ(q0.tolist(), 1.0, 4.0)
     finally:
-        _disconnect(c, r)
+        _disconnect(c)
 
 
 def test_movej_reaches_target_cb3(ursim_cb3):
@@ -166,8 +174,8 @@ def test_movej_reaches_target_cb3(ursim_cb3):
         _disconnect(c, r)
 
 
-def test_protective_stop_fails_commands_and_stops_motion(ursim_e):
-    r = _receive(ursim_e.host)
+def test_protective_stop_fails_commands_and_stops_motion(ursim_e, recv_e):
+    r = recv_e
     c = _control(ursim_e.host)
     try:
         dt = 1.0 / ursim_e.rate_hz
@@ -203,11 +211,11 @@ def test_protective_stop_fails_commands_and_stops_motion(ursim_e):
             assert c.moveJ(q0.tolist(), 1.0, 4.0)
         _disconnect(d)
     finally:
-        _disconnect(c, r)
+        _disconnect(c)
 
 
-def test_emergency_stop_and_recovery(ursim_e):
-    r = _receive(ursim_e.host)
+def test_emergency_stop_and_recovery(ursim_e, recv_e):
+    r = recv_e
     c = _control(ursim_e.host)
     d = _dashboard(ursim_e.host)
     try:
@@ -237,11 +245,11 @@ def test_emergency_stop_and_recovery(ursim_e):
         with client_deadline(CONNECT_DEADLINE_S, "moveJ after e-stop"):
             assert c.moveJ(q0.tolist(), 1.0, 4.0)
     finally:
-        _disconnect(d, c, r)
+        _disconnect(d, c)
 
 
-def test_program_stop_fault(ursim_e):
-    r = _receive(ursim_e.host)
+def test_program_stop_fault(ursim_e, recv_e):
+    r = recv_e
     c = _control(ursim_e.host)
     try:
         assert c.speedJ([0, 0, 0, 0, 0, -0.2], 2.0, 0.0)
@@ -253,11 +261,11 @@ def test_program_stop_fault(ursim_e):
         _assert_at_rest(r)
         assert r.getSafetyMode() == C.URSIM_SAFETY_MODE_NORMAL  # not a safety event
     finally:
-        _disconnect(c, r)
+        _disconnect(c)
 
 
-def test_connection_drop_is_seen_by_clients(ursim_e):
-    r = _receive(ursim_e.host)
+def test_connection_drop_is_seen_by_clients(ursim_e, recv_e):
+    r = recv_e
     c = _control(ursim_e.host)
     try:
         assert r.isConnected() and c.isConnected()
@@ -272,11 +280,11 @@ def test_connection_drop_is_seen_by_clients(ursim_e):
         assert r.isConnected()
         assert len(r.getActualQ()) == 6
     finally:
-        _disconnect(c, r)
+        _disconnect(c)
 
 
-def test_watchdog_stops_motion_when_kicks_stop(ursim_e):
-    r = _receive(ursim_e.host)
+def test_watchdog_stops_motion_when_kicks_stop(ursim_e, recv_e):
+    r = recv_e
     c = _control(ursim_e.host)
     try:
         assert c.setWatchdog(10.0)  # expires after 0.1 s without input
@@ -294,7 +302,7 @@ def test_watchdog_stops_motion_when_kicks_stop(ursim_e):
         _assert_at_rest(r)
         assert not c.speedJ([0.2, 0, 0, 0, 0, 0], 2.0, 0.0)
     finally:
-        _disconnect(c, r)
+        _disconnect(c)
 
 
 def test_dashboard_basics(ursim_e):
@@ -329,14 +337,14 @@ def test_dashboard_basics(ursim_e):
         _disconnect(d)
 
 
-def test_disconnect_cleans_up_and_new_client_works(ursim_e):
+def test_disconnect_cleans_up_and_new_client_works(ursim_e, recv_e):
+    n_before = ursim_e.state()["connections"]  # the shared receive interface + this query
     r1 = _receive(ursim_e.host)
     c1 = _control(ursim_e.host)
     assert c1.servoJ(r1.getActualQ(), 0.5, 0.5, 0.002, 0.1, 300.0)
     _disconnect(c1, r1)
-    # only the state query's own dashboard connection remains
-    _wait_for(lambda: ursim_e.state()["connections"] == 1, 3.0, "server to drop the closed connections")
-    r2 = _receive(ursim_e.host)
+    _wait_for(lambda: ursim_e.state()["connections"] == n_before, 3.0, "server to drop the closed connections")
+    r2 = recv_e
     c2 = _control(ursim_e.host)
     try:
         q = np.array(r2.getActualQ())
@@ -346,11 +354,11 @@ def test_disconnect_cleans_up_and_new_client_works(ursim_e):
             assert c2.moveJ(q.tolist(), 1.0, 4.0)
         np.testing.assert_allclose(r2.getActualQ(), q, atol=Q_EXACT_TOL)
     finally:
-        _disconnect(c2, r2)
+        _disconnect(c2)
 
 
-def test_io_standard_digital_out_drives_gripper(ursim_e):
-    r = _receive(ursim_e.host)
+def test_io_standard_digital_out_drives_gripper(ursim_e, recv_e):
+    r = recv_e
     with client_deadline(CONNECT_DEADLINE_S, "RTDEIOInterface"):
         io = rtde_io.RTDEIOInterface(ursim_e.host)
     try:
@@ -361,11 +369,11 @@ def test_io_standard_digital_out_drives_gripper(ursim_e):
         _wait_for(lambda: ursim_e.state()["gripper"] == 1.0, 0.5, "gripper open")
         _wait_for(lambda: not r.getActualDigitalOutputBits() & 1, 0.5, "digital out 0 low")
     finally:
-        _disconnect(io, r)
+        _disconnect(io)
 
 
-def test_speedj_speedstop_and_stopscript(ursim_e):
-    r = _receive(ursim_e.host)
+def test_speedj_speedstop_and_stopscript(ursim_e, recv_e):
+    r = recv_e
     c = _control(ursim_e.host)
     try:
         qd = [0.0, 0.0, 0.0, -0.3, 0.0, 0.2]
@@ -380,7 +388,7 @@ def test_speedj_speedstop_and_stopscript(ursim_e):
         assert r.getRuntimeState() == C.URSIM_RUNTIME_STOPPED
         assert not c.speedJ(qd, 3.0, 0.0)
     finally:
-        _disconnect(c, r)
+        _disconnect(c)
 
 
 def test_upper_range_registers(ursim_e):
