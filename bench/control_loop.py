@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             rep = summarize(run_dry(rate, args.jitter_seconds, lambda: 0.1, spin_s=spin))
             results["jitter"][key] = rep
             print(f"jitter {key:>20}: period p50 {rep['period_ms']['p50']:.3f} ms, jitter p50 "
-                  f"{rep['jitter_ms']['p50']:.3f} p99 {rep['jitter_ms']['p99']:.3f} max {rep['jitter_ms']['max']:.3f} ms,"
+                  f"{rep['jitter_ms']['p50']:.3f} p99 {rep['jitter_ms']['p99']:.3f} "
+                  f"max {rep['jitter_ms']['max']:.3f} ms,"
                   f" overruns {rep['overruns']}, stalls {rep['stall_ticks']}")
     for lat in LATENCIES_S:
         rep = summarize(run_dry(125.0, args.stall_seconds, lambda lat=lat: lat))
@@ -213,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             rep = simulate_stalls(rate, args.sim_seconds, fn)
             results["stalls_simulated"][f"{int(rate)}hz_{name}"] = rep
             print(f"stalls simulated {int(rate)} Hz {name:>16}: stall ticks {rep['stall_ticks']}, late ticks "
-                  f"{rep['late_ticks']}, chunks {rep['chunks']}, max tracking error {rep['max_tracking_error_rad']:.2e} rad")
+                  f"{rep['late_ticks']}, chunks {rep['chunks']}, "
+                  f"max tracking error {rep['max_tracking_error_rad']:.2e} rad")
     if not args.no_ursim and importlib.util.find_spec("actquant_core.sim.ursim.testing") is not None:
         for model in (C.UR_TYPE_UR3, C.UR_TYPE_UR3E):
             try:

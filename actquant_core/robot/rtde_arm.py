@@ -121,13 +121,15 @@ class RtdeArmConfig:
             raise ValueError(f"lookahead_time_s={self.lookahead_time_s!r} must be in "
                              f"[{C.RTDE_LOOKAHEAD_MIN_S}, {C.RTDE_LOOKAHEAD_MAX_S}] s (ur_rtde servoJ limit)")
         if not C.RTDE_GAIN_MIN <= self.gain <= C.RTDE_GAIN_MAX:
-            raise ValueError(f"gain={self.gain!r} must be in [{C.RTDE_GAIN_MIN}, {C.RTDE_GAIN_MAX}] (ur_rtde servoJ limit)")
+            raise ValueError(f"gain={self.gain!r} must be in [{C.RTDE_GAIN_MIN}, {C.RTDE_GAIN_MAX}] "
+                             f"(ur_rtde servoJ limit)")
         if not 0 < self.stop_deceleration <= C.RTDE_MAX_JOINT_ACCEL:
             raise ValueError(
                 f"stop_deceleration={self.stop_deceleration!r} must be in (0, {C.RTDE_MAX_JOINT_ACCEL}] rad/s^2")
         if not (math.isfinite(self.connect_timeout_s) and 0 < self.connect_timeout_s <= 120):
             raise ValueError(f"connect_timeout_s={self.connect_timeout_s!r} must be in (0, 120] s")
-        if self.gripper_output is not None and not (isinstance(self.gripper_output, int) and 0 <= self.gripper_output <= 7):
+        out = self.gripper_output
+        if out is not None and not (isinstance(out, int) and 0 <= out <= 7):
             raise ValueError(f"gripper_output={self.gripper_output!r} must be a digital output index 0..7 or None")
         if not 0 < self.gripper_threshold < 1:
             raise ValueError(f"gripper_threshold={self.gripper_threshold!r} must be in (0, 1)")

@@ -21,14 +21,15 @@ trajectory (no jump) and the extra speed is at most ``1.5 |q_new - q_old| / W``.
 
 Execution horizon ``E``: each chunk is meant to run for ``E`` actions, i.e. until
 ``t_exec_end = t0 + E dt_p``; ``needs_new_chunk(now)`` turns true at
-``t_exec_end - W - latency_estimate - request_margin_s`` so that the next chunk (and its blend)
-is in place by then.  The latency estimate is the largest of the last ``latency_window`` measured
-latencies, with ``initial_latency_s`` counted as one of them until it ages out.  With one inference in
-flight at a time, staying inside the execution horizon needs ``E dt_p >= 2 L_max + W + margin`` in
-``rtc`` mode (a chunk starts executing at ``obs + L`` and its successor cannot be observed earlier);
-shorter horizons run into the remainder, which is fine as long as ``H dt_p`` covers it.  When the next chunk is late the scheduler keeps
-following the current chunk's remainder (``use_remainder``, counted as late ticks); when that runs
-out too it holds the last target and counts a stall.
+``t_exec_end - W - latency_estimate - request_margin_s`` so that the next chunk (and its blend) is
+in place by then.  The latency estimate is the largest of the last ``latency_window`` measured
+latencies, with ``initial_latency_s`` counted as one of them until it ages out.  With one inference
+in flight at a time, staying inside the execution horizon needs ``E dt_p >= 2 L_max + W + margin``
+in ``rtc`` mode (a chunk starts executing at ``obs + L`` and its successor cannot be observed
+earlier); shorter horizons run into the remainder, which is fine as long as ``H dt_p`` covers it.
+When the next chunk is late the scheduler keeps following the current chunk's remainder
+(``use_remainder``, counted as late ticks); when that runs out too it holds the last target and
+counts a stall.
 
 Deterministic: all methods take ``now`` from the caller's clock; nothing sleeps.
 """

@@ -8,7 +8,6 @@ period of the fault becoming visible, the arm is at rest; recovery follows Contr
 from __future__ import annotations
 
 import importlib.util
-import threading
 import time
 
 import numpy as np

@@ -234,7 +234,8 @@ def test_stop_from_another_thread_stops_the_arm_real_time():
     assert not loop.running
     assert arm.stop_times[-1] >= arm.commands[-1].time
     expected = 0.4 * 125
-    assert 0.7 * expected <= rep.ticks <= 1.3 * expected + 2  # the periodic timer keeps the rate
+    # the periodic timer keeps the rate (lower bound loose for a loaded CI machine)
+    assert 0.5 * expected <= rep.ticks <= 1.2 * expected + 2
     assert rep.commands_sent == arm.n_sent > 0
 
 
@@ -303,3 +304,15 @@ def test_obs_to_command_latency_reported():
     rep = loop.report()
     assert rep.obs_to_command_ms["n"] == 1
     assert rep.obs_to_command_ms["p50"] == pytest.approx(103.0, abs=1e-6)
+
+
+def test_robot_package_imports_no_torch_and_no_ur_rtde():
+    """Online path: importing the robot side loads neither torch nor ur_rtde (lazy, on connect)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, actquant_core.robot as r; "
+            "bad = [m for m in ('torch', 'rtde_control', 'rtde_receive', 'rclpy', 'cyclonedds') if m in sys.modules]; "
+            "print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == ""

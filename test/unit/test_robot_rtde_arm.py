@@ -118,7 +118,8 @@ def listener():
     host = "127.0.0.61"
     code = (
         "import socket,time\n"
-        f"s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('{host}', {C.RTDE_PORT}))\n"
+        "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        f"s.bind(('{host}', {C.RTDE_PORT}))\n"
         "s.listen(8); print('ready', flush=True)\n"
         "conns=[]\n"
         "while True:\n    c,_=s.accept(); conns.append(c)\n"
