@@ -148,6 +148,21 @@ class LoopReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def flat(self) -> dict[str, str]:
+        """Flat string key/values (e.g. for diagnostic_msgs/KeyValue): counters, p50/p99/max timings,
+        safety event counts as ``safety.<kind>``, and the latest fault reason (empty when none)."""
+        out: dict[str, str] = {}
+        for key in ("rate_hz", "ticks", "commands_sent", "idle_ticks", "faulted_ticks", "stall_ticks",
+                    "stall_episodes", "late_ticks", "overruns"):
+            out[key] = str(getattr(self, key))
+        for name in ("period_ms", "jitter_ms", "tick_compute_ms", "obs_to_command_ms"):
+            for stat in ("p50", "p99", "max"):
+                out[f"{name}.{stat}"] = f"{getattr(self, name)[stat]:.3f}"
+        for kind, n in sorted(self.safety_counts.items()):
+            out[f"safety.{kind}"] = str(n)
+        out["last_fault"] = self.faults[-1]["reason"] if self.faults else ""
+        return out
+
 
 class ControlLoop:
     """Drive one ``Arm`` from a ``ChunkScheduler`` through ``Safety``; see the module docstring.

@@ -316,3 +316,23 @@ def test_robot_package_imports_no_torch_and_no_ur_rtde():
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_build_arm_and_flat_report():
+    from actquant_core.robot import build_arm
+    from actquant_core.robot.rtde_arm import RtdeArm
+
+    arm = build_arm("ur3e")
+    assert isinstance(arm, DryRunArm) and arm.control_rate_hz == 500.0
+    with pytest.raises(ValueError, match="robot_ip is required"):
+        build_arm("ur3", dry_run=False)
+    real = build_arm("ur3", dry_run=False, robot_ip="192.168.1.20", gain=400.0)
+    assert isinstance(real, RtdeArm) and real.config.gain == 400.0 and real.control_rate_hz == 125.0
+    clock, arm, loop = make()
+    loop.submit_chunk(ramp_chunk(clock.now()))
+    tick(loop, clock, 10)
+    arm.inject_fault(C.FAULT_PROTECTIVE_STOP)
+    tick(loop, clock, 2)
+    flat = loop.report().flat()
+    assert flat["commands_sent"] == "10" and flat["last_fault"] == C.SAFETY_ARM_FAULT
+    assert flat["safety.arm_fault"] == "1" and all(isinstance(v, str) for v in flat.values())
