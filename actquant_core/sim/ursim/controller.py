@@ -155,6 +155,12 @@ def output_getter(name: str, count: int) -> Callable[[Snapshot], tuple]:
     return _OUTPUT_GETTERS.get(name) or _zeros(count)
 
 
+def _masked(old: int, values: dict, key: str, width_mask: int) -> int:
+    """Apply an RTDE ``<key>_mask`` / ``<key>`` pair to the bit field ``old``."""
+    mask = int(values[f"{key}_mask"])
+    return ((old & ~mask) | (int(values.get(key, 0)) & mask)) & width_mask
+
+
 # ---------------------------------------------------------------------------------------------------
 # Programs
 # ---------------------------------------------------------------------------------------------------
@@ -554,22 +560,21 @@ class Controller:
         log.info("RTDE watchdog set: input_int_register_%d at >= %.1f Hz", offset, min_frequency)
 
     # ---- RTDE inputs (network threads) -----------------------------------------------------------------
-    def write_inputs(self, values: dict[str, object]) -> None:
+    def write_inputs(self, values: dict) -> None:
         """Apply one decoded RTDE input package (name -> value)."""
         with self.lock:
             for name, value in values.items():
                 if name.startswith("input_int_register_"):
                     idx = int(name.rsplit("_", 1)[1])
-                    self.int_in[idx] = int(value)  # type: ignore[arg-type]
+                    self.int_in[idx] = int(value)
                     if idx == self._watchdog_key:
                         self._watchdog_stamp = self._timestamp
                 elif name.startswith("input_double_register_"):
-                    self.dbl_in[int(name.rsplit("_", 1)[1])] = float(value)  # type: ignore[arg-type]
+                    self.dbl_in[int(name.rsplit("_", 1)[1])] = float(value)
             if "standard_digital_output_mask" in values:
-                mask = int(values["standard_digital_output_mask"])  # type: ignore[arg-type]
-                new = (self.std_do & ~mask) | (int(values.get("standard_digital_output", 0)) & mask)  # type: ignore[arg-type]
-                changed = (new ^ self.std_do) & 0xFF
-                self.std_do = new & 0xFF
+                new = _masked(self.std_do, values, "standard_digital_output", 0xFF)
+                changed = new ^ self.std_do
+                self.std_do = new
                 if changed & (1 << self.cfg.gripper_pin):
                     high = bool(self.std_do & (1 << self.cfg.gripper_pin))
                     closed = high == self.cfg.gripper_closed_when_high
@@ -577,18 +582,16 @@ class Controller:
                     log.info("gripper %s (standard digital out %d = %d)", "close" if closed else "open",
                              self.cfg.gripper_pin, int(high))
             if "configurable_digital_output_mask" in values:
-                mask = int(values["configurable_digital_output_mask"])  # type: ignore[arg-type]
-                self.conf_do = ((self.conf_do & ~mask) | (int(values.get("configurable_digital_output", 0)) & mask)) & 0xFF  # type: ignore[arg-type]
+                self.conf_do = _masked(self.conf_do, values, "configurable_digital_output", 0xFF)
             if "tool_digital_output_mask" in values:
-                mask = int(values["tool_digital_output_mask"])  # type: ignore[arg-type]
-                self.tool_do = ((self.tool_do & ~mask) | (int(values.get("tool_digital_output", 0)) & mask)) & 0x3  # type: ignore[arg-type]
-            if int(values.get("speed_slider_mask", 0)) & 1:  # type: ignore[arg-type]
-                self.speed_fraction = float(np.clip(float(values.get("speed_slider_fraction", 1.0)), 0.0, 1.0))  # type: ignore[arg-type]
+                self.tool_do = _masked(self.tool_do, values, "tool_digital_output", 0x3)
+            if int(values.get("speed_slider_mask", 0)) & 1:
+                self.speed_fraction = min(max(float(values.get("speed_slider_fraction", 1.0)), 0.0), 1.0)
             if "standard_analog_output_mask" in values:
-                mask = int(values["standard_analog_output_mask"])  # type: ignore[arg-type]
+                mask = int(values["standard_analog_output_mask"])
                 for i in (0, 1):
                     if mask & (1 << i):
-                        self.analog_out[i] = float(values.get(f"standard_analog_output_{i}", 0.0))  # type: ignore[arg-type]
+                        self.analog_out[i] = float(values.get(f"standard_analog_output_{i}", 0.0))
 
     # ---- dashboard / fault operations (network threads) -------------------------------------------------
     def protective_stop(self, reason: str) -> None:
@@ -621,11 +624,13 @@ class Controller:
             log.info("emergency stop released (arm still powered off)")
             return True
 
-    def unlock_protective_stop(self) -> str:
+    def unlock_protective_stop(self, force: bool = False) -> str:
+        """Dashboard ``unlock protective stop``; ``force`` skips the unlock delay (simulator control only).
+        Returns the dashboard answer."""
         with self.lock:
             if self.safety_mode != C.URSIM_SAFETY_MODE_PROTECTIVE_STOP:
                 return "Protective stop releasing"
-            if time.monotonic() - self._pstop_time < self.cfg.pstop_unlock_delay_s:
+            if not force and time.monotonic() - self._pstop_time < self.cfg.pstop_unlock_delay_s:
                 return (f"Cannot unlock protective stop until {self.cfg.pstop_unlock_delay_s:g}s after occurrence. "
                         "Always inspect cause of protective stop before unlocking")
             self.safety_mode = C.URSIM_SAFETY_MODE_NORMAL

@@ -160,7 +160,11 @@ class JointMotion:
         qd_prev = self.qd.copy()
         if self.mode == MODE_SERVO:
             e = self._servo_target - self.q
-            mag = np.minimum(np.abs(e) / self._servo_tau, np.sqrt(2.0 * self._a_max * np.abs(e)))
+            # speed from which the joint can still stop within |e| at a_max, in discrete time
+            # (v dt + v^2 / (2 a) <= |e|), so the follower never overshoots a held target
+            a_dt = self._a_max * dt
+            v_brake = -a_dt + np.sqrt(a_dt * a_dt + 2.0 * self._a_max * np.abs(e))
+            mag = np.minimum(np.abs(e) / self._servo_tau, v_brake)
             qd_des = np.sign(e) * np.minimum(mag, self._v_max)
             dv = np.clip(qd_des - self.qd, -self._a_max * dt, self._a_max * dt)
             self.qd = self.qd + dv

@@ -37,7 +37,7 @@ TYPE_COUNTS = {t: (int(f[:-1]) if f[:-1].isdigit() else 1) for t, f in TYPE_FORM
 
 N_REGISTERS = 48  # int / double registers 0..47 (24..47 = the "upper range")
 
-_OUTPUT_TYPES: dict[str, str] = {
+OUTPUT_TYPES: dict[str, str] = {
     "timestamp": "DOUBLE",
     "target_q": "VECTOR6D",
     "target_qd": "VECTOR6D",
@@ -109,15 +109,15 @@ _OUTPUT_TYPES: dict[str, str] = {
     "ft_raw_wrench": "VECTOR6D",
 }
 for _i in range(N_REGISTERS):
-    _OUTPUT_TYPES[f"output_int_register_{_i}"] = "INT32"
-    _OUTPUT_TYPES[f"output_double_register_{_i}"] = "DOUBLE"
-    _OUTPUT_TYPES[f"input_int_register_{_i}"] = "INT32"
-    _OUTPUT_TYPES[f"input_double_register_{_i}"] = "DOUBLE"
+    OUTPUT_TYPES[f"output_int_register_{_i}"] = "INT32"
+    OUTPUT_TYPES[f"output_double_register_{_i}"] = "DOUBLE"
+    OUTPUT_TYPES[f"input_int_register_{_i}"] = "INT32"
+    OUTPUT_TYPES[f"input_double_register_{_i}"] = "DOUBLE"
 for _i in range(64, 128):
-    _OUTPUT_TYPES[f"output_bit_register_{_i}"] = "BOOL"
-    _OUTPUT_TYPES[f"input_bit_register_{_i}"] = "BOOL"
+    OUTPUT_TYPES[f"output_bit_register_{_i}"] = "BOOL"
+    OUTPUT_TYPES[f"input_bit_register_{_i}"] = "BOOL"
 
-_INPUT_TYPES: dict[str, str] = {
+INPUT_TYPES: dict[str, str] = {
     "speed_slider_mask": "UINT32",
     "speed_slider_fraction": "DOUBLE",
     "standard_digital_output_mask": "UINT8",
@@ -135,13 +135,11 @@ _INPUT_TYPES: dict[str, str] = {
     "external_force_torque": "VECTOR6D",
 }
 for _i in range(N_REGISTERS):
-    _INPUT_TYPES[f"input_int_register_{_i}"] = "INT32"
-    _INPUT_TYPES[f"input_double_register_{_i}"] = "DOUBLE"
+    INPUT_TYPES[f"input_int_register_{_i}"] = "INT32"
+    INPUT_TYPES[f"input_double_register_{_i}"] = "DOUBLE"
 for _i in range(64, 128):
-    _INPUT_TYPES[f"input_bit_register_{_i}"] = "BOOL"
+    INPUT_TYPES[f"input_bit_register_{_i}"] = "BOOL"
 
-OUTPUT_TYPES: dict[str, str] = dict(_OUTPUT_TYPES)
-INPUT_TYPES: dict[str, str] = dict(_INPUT_TYPES)
 NOT_FOUND = "NOT_FOUND"
 
 

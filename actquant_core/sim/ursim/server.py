@@ -559,9 +559,7 @@ class UrSimServer:
             return ("actquant: estop released" if ok else "actquant: no estop active"), None
         if verb == "recover":
             ctrl.release_emergency_stop()
-            with ctrl.lock:
-                ctrl._pstop_time = -float("inf")  # test helper: skip the unlock delay
-            ctrl.unlock_protective_stop()
+            ctrl.unlock_protective_stop(force=True)
             ctrl.power(True)
             ctrl.brake_release()
             return "actquant: recovered", None
@@ -582,6 +580,8 @@ class UrSimServer:
         """A JSON-able summary of the controller state (for tests and humans)."""
         ctrl = self.controller
         snap = ctrl.latest
+        with self._lock:
+            n_conns = len(self._conns)
         return {
             "timestamp": snap.timestamp,
             "q": list(snap.actual_q),
@@ -594,5 +594,5 @@ class UrSimServer:
             "motion_mode": ctrl.motion.mode,
             "digital_out": snap.digital_out_bits,
             "gripper": snap.gripper,
-            "connections": len(self._conns),
+            "connections": n_conns,
         }
