@@ -189,3 +189,19 @@ def test_nan_chunk_while_streaming_stops_the_arm(ursim):
         assert arm.n_sent == n_at_fault
     finally:
         close(arm, loop)
+
+
+def test_controller_watchdog_kicked_while_ticking_and_trips_when_not(ursim):
+    """Idle loop ticks keep the controller-side watchdog (10 Hz) fed; once this process stops ticking
+    the controller stops the program by itself."""
+    assert ursim.reset()
+    arm, loop = make_loop(ursim.host, ursim.rate_hz)
+    try:
+        loop.start()
+        time.sleep(0.5)  # idle: no chunk, only observe() -> kickWatchdog
+        assert loop.fault is None and C.FAULT_PROGRAM_STOPPED not in arm.observe().faults
+        loop.stop()  # no more ticks, no more kicks (connection stays open)
+        time.sleep(0.3)  # > 1 / 10 Hz
+        assert C.FAULT_PROGRAM_STOPPED in arm.observe().faults
+    finally:
+        close(arm, loop)
