@@ -103,6 +103,38 @@ def export_pi05(
     )
 
 
+def export_openvla_oft(
+    model: Any,
+    path: str | os.PathLike[str],
+    *,
+    type_for: TypeFor | None = None,
+    norm_stats: Any | None = None,
+    tokenizer_model: bytes | None = None,
+    importance: Mapping[str, np.ndarray] | None = None,
+    plan_summary: dict[str, Any] | None = None,
+    source: str = "",
+    include_lm_head: bool = False,
+) -> WriteResult:
+    """Exports an ``OftModel`` (torch) to a policy GGUF. Default types: F32 everywhere.
+
+    The cls/register tokens and position embeddings (``C.OFT_KEEP_F32``) are always F32 whatever
+    ``type_for`` says: the graph adds/concatenates them as they are.  ``lm.output.weight`` (lm_head,
+    only the NLL loss reads it) is left out unless ``include_lm_head``."""
+    from actquant_core.policies.openvla_oft.canonical import canonical_state_dict
+
+    tensors = canonical_state_dict(model, include_lm_head=include_lm_head)
+    base = type_for or (lambda n, s: "F32")
+
+    def oft_type_for(name: str, shape: tuple[int, ...]) -> str:
+        return "F32" if name in C.OFT_KEEP_F32 else base(name, shape)
+
+    return export_tensors(
+        path, C.OFT_FAMILY, model.config.to_dict(), tensors, oft_type_for,
+        importance=importance,
+        norm_stats=None if norm_stats is None else _norm_stats_dict(norm_stats),
+        tokenizer_model=tokenizer_model, plan_summary=plan_summary, source=source,
+    )
+
 def _norm_stats_dict(norm_stats: Any) -> dict[str, Any]:
     import json
 

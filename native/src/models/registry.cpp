@@ -4,6 +4,7 @@
 
 #include "errors.h"
 #include "models.h"
+#include "models/openvla_oft.h"
 #include "models/pi05.h"
 
 namespace py = pybind11;
@@ -63,9 +64,105 @@ const T * checked(const py::array_t<T, py::array::c_style | py::array::forcecast
     return a.data();
 }
 
+oft_hparams oft_hparams_from(const py::dict & d) {
+    oft_hparams h = oft_default_hparams();
+    set_from(d, "image_size", h.image_size);
+    set_from(d, "patch_size", h.patch_size);
+    set_from(d, "num_images", h.n_images);
+    set_from(d, "dino_width", h.d_width);
+    set_from(d, "dino_depth", h.d_depth);
+    set_from(d, "dino_heads", h.d_heads);
+    set_from(d, "dino_mlp", h.d_mlp);
+    set_from(d, "dino_registers", h.d_registers);
+    set_from(d, "siglip_width", h.s_width);
+    set_from(d, "siglip_depth", h.s_depth);
+    set_from(d, "siglip_heads", h.s_heads);
+    set_from(d, "siglip_mlp", h.s_mlp);
+    set_from(d, "vit_ln_eps", h.vit_ln_eps);
+    set_from(d, "siglip_gelu_tanh", h.siglip_gelu_tanh);
+    set_from(d, "use_film", h.use_film);
+    set_from(d, "use_proprio", h.use_proprio);
+    set_from(d, "projector_hidden", h.proj_hidden);
+    set_from(d, "lm_width", h.lm_width);
+    set_from(d, "lm_depth", h.depth);
+    set_from(d, "num_heads", h.n_heads);
+    set_from(d, "num_kv_heads", h.n_kv_heads);
+    set_from(d, "lm_mlp", h.lm_mlp);
+    set_from(d, "vocab_size", h.vocab);
+    set_from(d, "rms_eps", h.rms_eps);
+    set_from(d, "rope_theta", h.rope_theta);
+    set_from(d, "action_dim", h.action_dim);
+    set_from(d, "chunk", h.chunk);
+    set_from(d, "proprio_dim", h.proprio_dim);
+    set_from(d, "head_hidden", h.head_hidden);
+    set_from(d, "head_blocks", h.head_blocks);
+    set_from(d, "head_ln_eps", h.head_ln_eps);
+    return h;
+}
+
+// Like checked() with the family named in the message.
+template <typename T>
+const T * checked_for(const char * family, const py::array_t<T, py::array::c_style | py::array::forcecast> & a,
+                      std::vector<int64_t> shape, const char * what) {
+    bool ok = a.ndim() == (py::ssize_t) shape.size();
+    for (size_t i = 0; ok && i < shape.size(); ++i) ok = a.shape(i) == shape[i];
+    if (!ok) {
+        std::string want = "[", got = "[";
+        for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
+        for (py::ssize_t i = 0; i < a.ndim(); ++i) got += (i ? ", " : "") + std::to_string(a.shape(i));
+        throw Error(std::string(family) + ": " + what + " must have shape " + want + "], got " + got + "]");
+    }
+    return a.data();
+}
+
+void register_openvla_oft(py::module_ & m) {
+    py::class_<OftRuntime, std::shared_ptr<OftRuntime>>(m, "OftRuntime")
+        .def(py::init([](const std::string & path, const py::dict & hparams, int n_threads, const std::string & device) {
+                 backend_params bp = backend_default_params();
+                 bp.n_threads = n_threads;
+                 bp.device = device;
+                 return std::make_shared<OftRuntime>(path, oft_hparams_from(hparams), bp);
+             }),
+             py::arg("path"), py::arg("hparams"), py::arg("n_threads") = 2, py::arg("device") = "cpu")
+        .def_property_readonly("backend", [](const OftRuntime & r) { return r.backend().description(); })
+        .def_property_readonly("weights_nbytes", [](const OftRuntime & r) { return r.model().weights_nbytes(); })
+        .def(
+            "infer",
+            [](OftRuntime & self, py::array_t<float, py::array::c_style | py::array::forcecast> images,
+               py::array_t<float, py::array::c_style | py::array::forcecast> proprio,
+               py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens, std::vector<std::string> collect) {
+                const auto & h = self.hparams();
+                oft_inputs in;
+                in.images = checked_for("openvla_oft", images, {h.n_images, 6, h.image_size, h.image_size}, "images");
+                in.proprio = checked_for("openvla_oft", proprio, {h.proprio_dim}, "proprio");
+                if (tokens.ndim() != 1) throw Error("openvla_oft: tokens must be a 1-D array of ids");
+                in.tokens = tokens.data();
+                in.n_tokens = (int) tokens.shape(0);
+                oft_outputs out;
+                {
+                    py::gil_scoped_release release;
+                    out = self.infer(in, collect);
+                }
+                py::array_t<float> actions({(py::ssize_t) h.chunk, (py::ssize_t) h.action_dim});
+                std::copy(out.actions.begin(), out.actions.end(), actions.mutable_data());
+                py::dict inter;
+                for (auto & [name, data] : out.intermediates) {
+                    std::vector<py::ssize_t> shape(out.shapes[name].begin(), out.shapes[name].end());
+                    py::array_t<float> a(shape);
+                    std::copy(data.begin(), data.end(), a.mutable_data());
+                    inter[py::str(name)] = a;
+                }
+                py::dict timing;
+                for (auto & [k, v] : out.timing_ms) timing[py::str(k)] = v;
+                return py::make_tuple(actions, timing, inter);
+            },
+            py::arg("images"), py::arg("proprio"), py::arg("tokens"), py::arg("collect") = std::vector<std::string>{});
+}
+
 }  // namespace
 
 void register_models(py::module_ & m) {
+    register_openvla_oft(m);
     py::class_<Pi05Runtime, std::shared_ptr<Pi05Runtime>>(m, "Pi05Runtime")
         .def(py::init([](const std::string & path, const py::dict & hparams, int n_threads, const std::string & device) {
                  backend_params bp = backend_default_params();
