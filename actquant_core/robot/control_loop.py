@@ -55,7 +55,10 @@ class ControlLoopConfig:
         check_camera: enforce ``Safety``'s camera timeout while a chunk is executing (feed stamps
             with ``update_camera_stamp``).
         use_arm_pacing: pace with the arm's ``start_period()`` / ``wait_period(token)`` when it has
-            them (ur_rtde initPeriod / waitPeriod) instead of the loop clock's ``sleep_until``.
+            them (ur_rtde initPeriod / waitPeriod) instead of the loop clock's ``sleep_until``.  Off by
+            default: measured against the UR simulator at 500 Hz, ur_rtde's waitPeriod keeps the GIL
+            while it waits (other Python threads got ~35% fewer iterations) and the loop lost ~30% of
+            its ticks, while the clock's sleep-until + spin kept every tick (jitter p99 0.5 ms).
         overrun_periods: a tick that starts more than this many periods late counts as an overrun
             and the schedule re-synchronises (no burst of catch-up ticks).
         stats_window: number of recent periods kept for the jitter statistics.

@@ -24,7 +24,9 @@
 - Stop: ``stop()`` = ``servoStop(deceleration)``; ``disconnect()`` = servoStop + stopScript +
   disconnect of every interface.  Both are idempotent and never raise.
 - Pacing: ``start_period()`` / ``wait_period(token)`` wrap ``initPeriod`` / ``waitPeriod`` for
-  ``ControlLoopConfig(use_arm_pacing=True)`` (an extension of the ``Arm`` protocol).
+  ``ControlLoopConfig(use_arm_pacing=True)`` (an extension of the ``Arm`` protocol).  Not the default:
+  waitPeriod holds the GIL while it waits, starving the inference / ROS threads (see
+  ``ControlLoopConfig.use_arm_pacing``); the loop's own sleep-until timer is used instead.
 - ``recover()``: after a cleared protective stop / stopped program, re-uploads the control script
   (``reuploadScript``) or reconnects; used by ``ControlLoop.resume``.
 

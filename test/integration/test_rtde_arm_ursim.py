@@ -205,3 +205,28 @@ def test_controller_watchdog_kicked_while_ticking_and_trips_when_not(ursim):
         assert C.FAULT_PROGRAM_STOPPED in arm.observe().faults
     finally:
         close(arm, loop)
+
+
+@pytest.mark.slow
+def test_arm_pacing_with_init_wait_period(ursim):
+    """ControlLoopConfig(use_arm_pacing=True) paces with ur_rtde initPeriod/waitPeriod and still tracks."""
+    assert ursim.reset()
+    arm = RtdeArm(RtdeArmConfig(robot_ip=ursim.host, ur_type=C.UR_TYPE_UR3, connect_timeout_s=10.0))
+    with client_deadline(CONNECT_DEADLINE_S, "RtdeArm.connect"):
+        arm.connect()
+    loop = ControlLoop(arm, ChunkScheduler(SchedulerConfig(execution_horizon=10, blend_window_s=0.0)),
+                       Safety(SafetyConfig(camera_timeout_s=None, watchdog_timeout_s=None)),
+                       ControlLoopConfig(use_arm_pacing=True))
+    try:
+        q0 = arm.observe().q
+        delta = np.array([0.1, 0, 0, 0, 0, 0])
+        loop.start()
+        wait_for(lambda: loop.latest_state() is not None, 1.0, "first tick")
+        assert loop.submit_chunk(ramp(q0, time.monotonic(), delta))
+        time.sleep(1.4)
+        loop.stop()
+        rep = loop.report()
+        assert rep.faults == [] and rep.commands_sent >= 0.5 * 1.4 * ursim.rate_hz
+        np.testing.assert_allclose(np.array(ursim.state()["q"]), q0 + delta, atol=TRACK_TOL)
+    finally:
+        close(arm, loop)
