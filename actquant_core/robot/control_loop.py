@@ -302,6 +302,21 @@ class ControlLoop:
         except Exception:  # the protocol says stop never raises; make sure of it anyway
             log.exception("arm.stop() raised")
 
+    def hold(self) -> None:
+        """Stop executing without a fault (episode end, operator pause): drop every chunk, stop the arm,
+        disarm the chunk watchdog.  The loop keeps observing; the next accepted chunk (observed after
+        this call) starts motion again, without ``resume()``."""
+        with self._lock:
+            now = self.clock.now()
+            self.scheduler.reset(now)
+            self.safety.disarm_watchdog()
+            self.safety.reset()
+            self._pending_obs = None
+            self._was_stalled = False
+            if self._fault is None:
+                self._safe_stop()
+            log.info("control loop holding at %.4f (chunks dropped)", now)
+
     def resume(self) -> None:
         """Leave the latched fault (see the recovery rule in the module docstring).
 

@@ -336,3 +336,19 @@ def test_build_arm_and_flat_report():
     flat = loop.report().flat()
     assert flat["commands_sent"] == "10" and flat["last_fault"] == C.SAFETY_ARM_FAULT
     assert flat["safety.arm_fault"] == "1" and all(isinstance(v, str) for v in flat.values())
+
+
+def test_hold_stops_without_fault_and_restarts_on_new_chunk():
+    clock, arm, loop = make(safety_kw=dict(camera_timeout_s=None, watchdog_timeout_s=0.2))
+    loop.submit_chunk(ramp_chunk(clock.now()))
+    tick(loop, clock, 10)
+    old = ramp_chunk(clock.now())
+    loop.hold()
+    n = arm.n_sent
+    assert arm.stop_times[-1] == clock.now()
+    tick(loop, clock, 100)  # 0.8 s > watchdog timeout: disarmed, no fault, nothing sent
+    assert loop.fault is None and arm.n_sent == n
+    assert not loop.submit_chunk(old)  # observed before the hold
+    assert loop.submit_chunk(ramp_chunk(clock.now()))
+    tick(loop, clock, 5)
+    assert arm.n_sent == n + 5 and loop.fault is None
