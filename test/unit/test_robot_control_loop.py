@@ -343,6 +343,7 @@ def test_hold_stops_without_fault_and_restarts_on_new_chunk():
     loop.submit_chunk(ramp_chunk(clock.now()))
     tick(loop, clock, 10)
     old = ramp_chunk(clock.now())
+    clock.advance(0.001)
     loop.hold()
     n = arm.n_sent
     assert arm.stop_times[-1] == clock.now()
