@@ -93,7 +93,7 @@ def recv_e(ursim_e):
 @pytest.fixture(autouse=True)
 def _healthy(request):
     """Every test starts from a healthy, powered arm (earlier tests inject faults)."""
-    for name in ("ursim_e", "ursim_cb3"):
+    for name in ("ursim_e", "ursim_cb3", "ursim_mj"):
         if name in request.fixturenames:
             request.getfixturevalue(name).recover()
     yield
