@@ -392,7 +392,8 @@ def test_speedj_speedstop_and_stopscript(ursim_e, recv_e):
 
 
 def test_upper_range_registers(ursim_e):
-    flags = rtde_control.RTDEControlInterface.FLAG_UPLOAD_SCRIPT | rtde_control.RTDEControlInterface.FLAG_UPPER_RANGE_REGISTERS
+    ctl = rtde_control.RTDEControlInterface
+    flags = ctl.FLAG_UPLOAD_SCRIPT | ctl.FLAG_UPPER_RANGE_REGISTERS
     with client_deadline(CONNECT_DEADLINE_S, "RTDEControlInterface upper range"):
         c = rtde_control.RTDEControlInterface(ursim_e.host, -1.0, flags)
     with client_deadline(CONNECT_DEADLINE_S, "RTDEReceiveInterface upper range"):

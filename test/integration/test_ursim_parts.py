@@ -129,7 +129,8 @@ def test_parse_program_reads_register_offset_and_custom_functions():
     for offset in (0, 24):
         prog = parse_program(SCRIPT_TEMPLATE.format(offset=offset))
         assert isinstance(prog, RtdeControlProgram) and prog.off == offset and prog.name == "rtde_control"
-    custom = "def f():\n\twrite_output_integer_register(0 +0, 1)\n\ttextmsg(1)\n\twrite_output_integer_register(0 +0, 2)\nend\n"
+    custom = ("def f():\n\twrite_output_integer_register(0 +0, 1)\n\ttextmsg(1)\n"
+              "\twrite_output_integer_register(0 +0, 2)\nend\n")
     prog = parse_program(custom)
     assert isinstance(prog, RegisterProgram) and prog.name == "f"
     ctrl = _controller()
