@@ -1,0 +1,696 @@
+"""The ActQuant pipeline end to end: policy + calibration episodes -> plan -> mixed-type GGUF + plan + report.
+
+Reference: Akbari et al., "ActQuant: Sub-4-bit Action-Guided Quantization for Vision-Language-Action
+Models", arXiv 2605.24011.  Stages (every algorithm lives in its own module; this file only wires them):
+
+1. frames: :func:`.calibrate.sample_frames` over the calibration source (seeded, calibration split);
+2. stage-1 statistics (:func:`.calibrate.calibrate`): HSIC scores of the allocated linear layers,
+   activation importance (imatrix-style) where a method needs it;
+3. the plan (:func:`build_plan`): allocated tensors get their type from the method's solver under the
+   ``bpw`` budget; every other tensor follows the fixed table below;
+4. stage-2 Fisher (:func:`.calibrate.calibrate_fisher`) of the tensors the plan quantizes with Fisher
+   importance, then GGML quantization row by row with that per-element importance
+   (:func:`.plan.quantize_with_plan` over ``native.quantize``), optional refinement of Q4_K / Q2_K blocks
+   (:func:`.refine.refine_tensor`, never worse on the Fisher-weighted error);
+5. export: one GGUF (config, norm stats, tokenizer, plan summary), the plan YAML (re-appliable with
+   ``plan=``) and the report (Markdown + PNG, :mod:`.report`).
+
+Fixed table (``scope="backbone"``, the paper): LM linear layers allocated; vision tower (SigLIP linear
+layers and patch embedding) one fixed K-quant (``vision_type``; default: the largest K-quant whose bpw
+does not exceed the budget, at least Q2_K), with the 32-block / F16 fallback for rows that do not fit 256;
+token embedding Q8_0; norms, biases and position embeddings F32; projector, action expert, action / time
+heads F16.  ``scope="all"`` ("beyond the paper") hands the vision, projector, expert and head linear
+layers to the allocator as well (same budget over all of them).
+
+Methods: ``actquant`` (HSIC allocation + Fisher importance), ``rtn`` (uniform K-quant, no importance),
+``imatrix`` (uniform type, activation importance), ``generic`` (importance-weighted error allocator,
+Lagrangian, no action signal), ``hsic-only`` (HSIC allocation, activation importance), ``fisher-only``
+(uniform type, Fisher importance).  Uniform methods use the largest menu type whose bpw fits the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .adapters import SCOPES, PolicyAdapter, TensorInfo
+from .allocate import AllocConfig, TensorSpec, allocate
+from .calibrate import BagMapping, CalibConfig, CalibFrame, CalibrationResult, calibrate, calibrate_fisher, load_episodes, sample_frames
+from .importance import plan_error_driven, plan_fisher_only, plan_hsic_only, plan_imatrix, plan_uniform, weighted_error_fn
+from .plan import PlanEntry, QuantPlan, quantize_with_plan
+from .refine import SUPPORTED as REFINE_TYPES
+from .refine import RefineConfig, refine_tensor
+from .types import DEFAULT_MENU, FALLBACK_MENU, HIGH_PRECISION_TYPES, nominal_bpw, row_eligible, sort_menu, type_bpw
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "METHODS",
+    "K_QUANTS",
+    "PipelineConfig",
+    "QuantizeResult",
+    "load_policy",
+    "uniform_type_for",
+    "build_plan",
+    "quantize_policy",
+    "write_quantized_gguf",
+    "export_reference",
+    "evaluate_actions",
+    "ActionError",
+]
+
+METHODS = ("actquant", "rtn", "imatrix", "generic", "hsic-only", "fisher-only")
+#: methods whose allocation needs HSIC scores / activation importance / Fisher importance
+_NEEDS_HSIC = ("actquant", "hsic-only")
+_NEEDS_ACTIVATION = ("imatrix", "generic", "hsic-only")
+_NEEDS_FISHER = ("actquant", "fisher-only")
+#: uniform K-quants of the RTN baseline (GGML quantizes them without importance)
+K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
+#: prefix of a random-weights "checkpoint": ``random:<preset>[:seed]``
+RANDOM_PREFIX = "random:"
+
+
+# ----------------------------------------------------------------------------------------------------
+# configuration and results
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Settings of :func:`quantize_policy`.
+
+    Attributes:
+        method: one of :data:`METHODS`.
+        bpw: average bits per weight over the allocated tensors (the LM linear layers for
+            ``scope="backbone"``).
+        scope: "backbone" (paper) or "all" (vision, projector, expert and heads allocated too).
+        menu: candidate GGML types of the allocator / uniform baselines.
+        vision_type: fixed vision-tower type for scope "backbone" (None: from the budget, see module doc).
+        embedding_type: token embedding type.
+        keep_type: projector / expert / heads type for scope "backbone".
+        solver: allocator solver ("best", "greedy", "exact").
+        refine: refine Q4_K / Q2_K blocks against the Fisher-weighted error (Fisher-importance tensors).
+        inactive: "allocate" (paper: every allocated tensor competes for bits) or "cheapest" (method
+            actquant only: tensors no action depends on -- ``adapter.inactive_tensors()`` -- get the
+            cheapest eligible menu type and their bits go to the rest, same total budget).
+        refine_config: refinement settings.
+        calib_frames: frames sampled from the calibration source (seeded reservoir).
+        split: episodes used: "calib" (not held out), "holdout" or "all".
+        holdout_every: episode split period (see :func:`.calibrate.sample_frames`).
+        seed: frame-sampling seed.
+        calib: :class:`~.calibrate.CalibConfig` (batching, pooling, device, HSIC settings).
+        n_threads: GGML quantization threads (None: all CPUs of the process).
+        report: write the Markdown + PNG report.
+    """
+
+    method: str = "actquant"
+    bpw: float = 3.0
+    scope: str = "backbone"
+    menu: tuple[str, ...] = DEFAULT_MENU
+    vision_type: str | None = None
+    embedding_type: str = "Q8_0"
+    keep_type: str = "F16"
+    solver: str = "best"
+    refine: bool = False
+    inactive: str = "allocate"
+    refine_config: RefineConfig = field(default_factory=RefineConfig)
+    calib_frames: int = 256
+    split: str = "calib"
+    holdout_every: int = 5
+    seed: int = 0
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    n_threads: int | None = None
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"PipelineConfig.method={self.method!r}; expected one of {METHODS}")
+        if not (isinstance(self.bpw, (int, float)) and math.isfinite(self.bpw) and self.bpw > 0):
+            raise ValueError(f"PipelineConfig.bpw must be a finite number > 0, got {self.bpw!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"PipelineConfig.scope={self.scope!r}; expected one of {SCOPES}")
+        object.__setattr__(self, "menu", tuple(self.menu))
+        sort_menu(self.menu)
+        if self.vision_type is not None:
+            sort_menu((self.vision_type,))
+        sort_menu((self.embedding_type,))
+        sort_menu((self.keep_type,))
+        if self.inactive not in ("allocate", "cheapest"):
+            raise ValueError(f"PipelineConfig.inactive={self.inactive!r}; expected 'allocate' or 'cheapest'")
+        if self.calib_frames < 1:
+            raise ValueError(f"PipelineConfig.calib_frames must be >= 1, got {self.calib_frames}")
+        if self.n_threads is not None and self.n_threads < 1:
+            raise ValueError(f"PipelineConfig.n_threads must be >= 1 or None, got {self.n_threads}")
+
+
+@dataclass
+class QuantizeResult:
+    """What :func:`quantize_policy` wrote and measured.
+
+    Attributes:
+        plan: the applied plan.
+        gguf_path, plan_path, report_path: files written (report None when disabled).
+        file_size: GGUF bytes.
+        seconds: wall time per stage ("frames", "calibrate", "plan", "fisher", "quantize", "refine",
+            "write", "total").
+        calibration: the calibration statistics (None when the method needed none).
+        refine: tensor name -> (weighted error before, after) of refined tensors.
+    """
+
+    plan: QuantPlan
+    gguf_path: Path
+    plan_path: Path
+    report_path: Path | None
+    file_size: int
+    seconds: dict[str, float]
+    calibration: CalibrationResult | None
+    refine: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able summary (bench / CLI output)."""
+        return {
+            "method": self.plan.method, "budget_bpw": self.plan.budget_bpw,
+            "bpw_backbone": self.plan.bpw_backbone, "bpw_whole": self.plan.bpw_whole,
+            "file_size": self.file_size, "gguf": str(self.gguf_path), "plan": str(self.plan_path),
+            "report": None if self.report_path is None else str(self.report_path),
+            "seconds": dict(self.seconds), "objectives": dict(self.plan.objectives),
+        }
+
+
+# ----------------------------------------------------------------------------------------------------
+# loading
+# ----------------------------------------------------------------------------------------------------
+
+
+def load_policy(checkpoint: Any, *, tokenizer: str | os.PathLike[str] | None = None,
+                action_dims: int | None = None) -> PolicyAdapter:
+    """A :class:`PolicyAdapter` from a model / adapter / path.
+
+    ``checkpoint`` may be an adapter, a ``Pi05Model`` (random-weight tests: our small tokenizer, no
+    norm stats), a trained folder (``train.pi05.load_trained``: ``pi05_config.json`` + ...), a
+    lerobot/openpi checkpoint (``load_pi05_checkpoint``; ``tokenizer`` = the PaliGemma SentencePiece
+    model, else our small one with a warning) or ``"random:<preset>[:seed]"``.
+    """
+    from actquant_core.policies.common.tokenizer import SentencePieceTokenizer
+
+    from .adapters import Pi05Adapter
+
+    if isinstance(checkpoint, PolicyAdapter):
+        return checkpoint
+    tok = SentencePieceTokenizer.from_file(tokenizer) if tokenizer is not None else None
+    if hasattr(checkpoint, "config") and hasattr(checkpoint, "flow_matching_loss"):
+        return Pi05Adapter(checkpoint, None, tok or SentencePieceTokenizer.small(), action_dims)
+    if isinstance(checkpoint, str) and checkpoint.startswith(RANDOM_PREFIX):
+        from actquant_core.policies.pi05.config import get_preset
+        from actquant_core.policies.pi05.model import Pi05Model
+
+        parts = checkpoint[len(RANDOM_PREFIX):].split(":")
+        seed = int(parts[1]) if len(parts) > 1 else 0
+        model = Pi05Model(get_preset(parts[0])).init_random(seed).eval()
+        return Pi05Adapter(model, None, tok or SentencePieceTokenizer.small(), action_dims)
+    path = Path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.is_dir() and (path / "pi05_config.json").exists():
+        from actquant_core.train.pi05 import load_trained
+
+        _, model, ns, trained_tok = load_trained(path)
+        return Pi05Adapter(model, ns, tok or trained_tok, action_dims)
+    from actquant_core.policies.pi05.loader import load_pi05_checkpoint
+
+    _, model, ns = load_pi05_checkpoint(path)
+    if tok is None:
+        log.warning("no --tokenizer given for %s: prompts use the small built-in SentencePiece model", path)
+        tok = SentencePieceTokenizer.small()
+    return Pi05Adapter(model, ns, tok, action_dims)
+
+
+def _frames_from(calib: Any, adapter: PolicyAdapter, cfg: PipelineConfig, bag_mapping: BagMapping | None) -> list[CalibFrame]:
+    if isinstance(calib, Sequence) and not isinstance(calib, (str, bytes)) and calib and isinstance(calib[0], CalibFrame):
+        return list(calib)
+    horizon = adapter.config.action_horizon  # type: ignore[attr-defined]
+    return sample_frames(load_episodes(calib, bag_mapping), horizon, cfg.calib_frames, seed=cfg.seed,
+                         split=cfg.split, holdout_every=cfg.holdout_every, progress=cfg.calib.progress)
+
+
+# ----------------------------------------------------------------------------------------------------
+# plan
+# ----------------------------------------------------------------------------------------------------
+
+
+def uniform_type_for(budget_bpw: float, menu: Sequence[str]) -> str:
+    """The largest type of ``menu`` whose nominal bpw does not exceed ``budget_bpw``."""
+    ok = [t for t in sort_menu(menu) if nominal_bpw(t) <= budget_bpw + 1e-12]
+    if not ok:
+        cheapest = min(menu, key=nominal_bpw)
+        raise ValueError(f"budget {budget_bpw} bpw is below the cheapest type of the menu "
+                         f"({cheapest}, {nominal_bpw(cheapest)} bpw)")
+    return ok[-1]
+
+
+def _default_vision_type(budget_bpw: float) -> str:
+    ks = [t for t in K_QUANTS if t != "Q8_0"]
+    fit = [t for t in ks if nominal_bpw(t) <= budget_bpw + 1e-12]
+    return fit[-1] if fit else ks[0]
+
+
+def _fixed_with_fallback(ggml_type: str, shape: tuple[int, ...]) -> tuple[str, str]:
+    """(type, reason suffix): ``ggml_type`` when rows fit, else the 32-block fallback, else F16."""
+    if ggml_type in HIGH_PRECISION_TYPES or (len(shape) >= 2 and row_eligible(ggml_type, shape[-1])):
+        return ggml_type, ""
+    for t in (*FALLBACK_MENU, "F16"):
+        if t in HIGH_PRECISION_TYPES or (len(shape) >= 2 and row_eligible(t, shape[-1])):
+            return t, f"; row length {shape[-1]} does not fit {ggml_type} blocks: fallback {t}"
+    return "F16", f"; fallback F16"
+
+
+def _is_allocated(info: TensorInfo, scope: str) -> bool:
+    if not info.linear:
+        return False
+    return info.group == "backbone" or (scope == "all" and info.group in ("vision", "projector", "expert", "head"))
+
+
+def _fixed_entries(table: Sequence[TensorInfo], cfg: PipelineConfig, hookable: set[str]) -> dict[str, PlanEntry]:
+    """Plan entries of every tensor the allocator does not touch (see the module docstring)."""
+    vision_type = cfg.vision_type or _default_vision_type(cfg.bpw)
+    fisher = cfg.method in _NEEDS_FISHER
+    activation = cfg.method in _NEEDS_ACTIVATION
+    out: dict[str, PlanEntry] = {}
+    for info in table:
+        if _is_allocated(info, cfg.scope):
+            continue
+        shape = info.shape
+        if info.group == "norm":
+            role = "bias" if info.name.endswith(".bias") else "norm"
+            t, why = "F32", f"{role}: F32"
+        elif info.group == "position":
+            role, t, why = "keep", "F32", "position embedding: F32"
+        elif info.group == "embedding":
+            t, fb = _fixed_with_fallback(cfg.embedding_type, shape)
+            role, why = "embedding", f"token embedding: {cfg.embedding_type}{fb}"
+        elif info.group == "vision":
+            t, fb = _fixed_with_fallback(vision_type, shape)
+            role, why = "keep", f"vision tower: fixed {vision_type}{fb}"
+        else:
+            t, fb = _fixed_with_fallback(cfg.keep_type, shape)
+            role, why = "keep", f"{info.group}: kept {cfg.keep_type}{fb}"
+        imp = "none"
+        if t not in HIGH_PRECISION_TYPES and t != "Q8_0" and len(shape) >= 2:
+            if fisher:
+                imp = "fisher"
+            elif activation and info.name in hookable:
+                imp = "activation"
+        out[info.name] = PlanEntry(name=info.name, shape=shape, ggml_type=t, bits=type_bpw(t), score=None,
+                                   reason=why, role=role, importance=imp)
+    return out
+
+
+def _allocated_specs(table: Sequence[TensorInfo], scope: str, scores: Mapping[str, float] | None) -> list[TensorSpec]:
+    specs = []
+    for info in table:
+        if not _is_allocated(info, scope):
+            continue
+        if info.layer is None:
+            layer = None
+        elif info.group == "backbone":
+            layer = info.layer
+        else:
+            layer = f"{info.group}.{info.layer}"
+        s = float(scores.get(info.name, 0.0)) if scores is not None else 0.0
+        specs.append(TensorSpec(info.name, info.shape, role="linear", layer=layer, score=max(s, 0.0)))
+    return specs
+
+
+def _actquant_part(adapter: PolicyAdapter, specs: list[TensorSpec], ac: AllocConfig, inactive: str) -> QuantPlan:
+    """HSIC allocation (+ the "cheapest" rule for inactive tensors, see :class:`PipelineConfig`)."""
+    from .allocate import eligibility_table
+    from .types import tensor_nbytes
+
+    dead = [s for s in specs if s.name in adapter.inactive_tensors()] if inactive == "cheapest" else []
+    if not dead:
+        alloc = allocate(specs, ac)
+        return QuantPlan.from_allocation("actquant", specs, alloc, importance="fisher")
+    live = [s for s in specs if s not in dead]
+    rows = {r.name: r for r in eligibility_table(dead, ac)}
+    dead_types = {s.name: rows[s.name].candidates[0] for s in dead}
+    n_all = sum(s.numel for s in specs)
+    budget_bytes = math.floor(ac.budget_bpw * n_all / 8.0 + 1e-9)
+    dead_bytes = sum(tensor_nbytes(dead_types[s.name], s.shape) for s in dead)
+    live_budget = 8.0 * (budget_bytes - dead_bytes) / sum(s.numel for s in live)
+    alloc = allocate(live, replace(ac, budget_bpw=live_budget))
+    types = {**alloc.types, **dead_types}
+    reasons = {**alloc.reasons, **{n: f"no action depends on it: cheapest eligible type {t}" for n, t in dead_types.items()}}
+    log.info("inactive tensors %s -> cheapest types; live budget %.4f bpw", sorted(dead_types), live_budget)
+    return QuantPlan.from_types(
+        "actquant", specs, types, reasons=reasons, importance="fisher", budget_bpw=ac.budget_bpw,
+        objectives={"greedy": alloc.greedy_objective, "exact": alloc.exact_objective, "chosen": alloc.objective},
+        meta={"solver_used": alloc.solver_used, "exact_optimal": alloc.exact_optimal, "n_fallbacks": alloc.n_fallbacks,
+              "inactive": sorted(dead_types), "live_budget_bpw": live_budget})
+
+
+def build_plan(
+    adapter: PolicyAdapter,
+    cfg: PipelineConfig,
+    calibration: CalibrationResult | None,
+    weights: Mapping[str, np.ndarray] | None = None,
+    n_threads: int | None = None,
+) -> QuantPlan:
+    """The method's plan over every canonical tensor of the adapter's model.
+
+    Raises ``ValueError`` when the budget is below the cheapest type / assignment, or when the method's
+    statistics are missing from ``calibration``.
+    """
+    table = adapter.tensor_table()
+    hookable = {t.name for t in adapter.linear_targets()}
+    scores = calibration.hsic.scores if calibration is not None and calibration.hsic is not None else None
+    if cfg.method in _NEEDS_HSIC and scores is None:
+        raise ValueError(f"method {cfg.method!r} needs HSIC scores; calibration has none")
+    specs = _allocated_specs(table, cfg.scope, scores)
+    if not specs:
+        raise ValueError(f"scope {cfg.scope!r} leaves no tensor to allocate")
+    ac = AllocConfig(budget_bpw=float(cfg.bpw), menu=cfg.menu, solver=cfg.solver)
+    m = cfg.method
+    if m == "actquant":
+        part = _actquant_part(adapter, specs, ac, cfg.inactive)
+    elif m == "hsic-only":
+        part = plan_hsic_only(specs, ac)
+    elif m == "rtn":
+        menu = [t for t in cfg.menu if t in K_QUANTS] or list(K_QUANTS)
+        part = plan_uniform(specs, uniform_type_for(cfg.bpw, menu), ac)
+    elif m == "imatrix":
+        part = plan_imatrix(specs, uniform_type_for(cfg.bpw, cfg.menu), ac)
+    elif m == "fisher-only":
+        part = plan_fisher_only(specs, uniform_type_for(cfg.bpw, cfg.menu), ac)
+    elif m == "generic":
+        if calibration is None or calibration.activation_importance is None:
+            raise ValueError("method 'generic' needs activation importance; calibration has none")
+        from actquant_core import native
+
+        w = weights if weights is not None else adapter.canonical_weights()
+        err = weighted_error_fn({s.name: w[s.name] for s in specs}, calibration.activation_importance,
+                                lambda W, t, imp: native.quantize(W, t, imp, n_threads=n_threads),
+                                native.dequantize)
+        part = plan_error_driven(specs, ac, err)
+    else:  # pragma: no cover - validated in PipelineConfig
+        raise ValueError(f"unknown method {m!r}")
+    fixed = _fixed_entries(table, cfg, hookable)
+    allocated = {e.name: e for e in part.entries}
+    entries = tuple(allocated[i.name] if i.name in allocated else fixed[i.name] for i in table)
+    meta = dict(part.meta)
+    meta.update(scope=cfg.scope, vision_type=cfg.vision_type or _default_vision_type(cfg.bpw), family=adapter.family,
+                menu=list(cfg.menu))
+    return QuantPlan(method=m, entries=entries, budget_bpw=float(cfg.bpw), objectives=dict(part.objectives), meta=meta)
+
+
+# ----------------------------------------------------------------------------------------------------
+# writing
+# ----------------------------------------------------------------------------------------------------
+
+
+def write_quantized_gguf(
+    path: str | os.PathLike[str],
+    adapter: PolicyAdapter,
+    plan: QuantPlan,
+    weights: Mapping[str, np.ndarray],
+    quantized: Mapping[str, tuple[str, bytes]],
+    *,
+    source: str = "",
+) -> int:
+    """Write already-quantized tensors (GGML bytes, e.g. refined) with the policy metadata; returns bytes.
+
+    Same keys as ``actquant_core.gguf.writer.write_policy_gguf`` (which quantizes from floats itself and
+    so cannot take refined bytes); F32 / F16 tensors are written from ``weights``.
+    """
+    from gguf import GGUFWriter
+
+    from actquant_core import constants as C
+    from actquant_core.gguf.bpw import ggml_type
+
+    meta = adapter.gguf_metadata()
+    path = os.fspath(path)
+    w = GGUFWriter(path, arch=adapter.family)
+    w.add_string(C.KEY_FAMILY, adapter.family)
+    w.add_uint32(C.KEY_FORMAT_VERSION, C.FORMAT_VERSION)
+    w.add_string(C.KEY_CONFIG_JSON, json.dumps(meta["config"], sort_keys=True))
+    if meta.get("norm_stats") is not None:
+        w.add_string(C.KEY_NORM_STATS_JSON, json.dumps(meta["norm_stats"], sort_keys=True))
+    if meta.get("tokenizer_model"):
+        w.add_array(C.KEY_TOKENIZER_MODEL, bytes(meta["tokenizer_model"]))
+    w.add_string(C.KEY_QUANT_PLAN_SUMMARY, json.dumps(plan.summary(), sort_keys=True))
+    if source:
+        w.add_string(C.KEY_SOURCE, source)
+    for e in plan.entries:
+        t, raw = quantized[e.name]
+        if t in ("F32", "F16"):
+            arr = np.ascontiguousarray(np.asarray(weights[e.name]), dtype=np.float32 if t == "F32" else np.float16)
+            if arr.shape != e.shape:
+                raise ValueError(f"{e.name}: weight shape {arr.shape} != plan shape {e.shape}")
+            w.add_tensor(e.name, arr)
+        else:
+            arr = np.frombuffer(raw, dtype=np.uint8).reshape(*e.shape[:-1], -1)
+            w.add_tensor(e.name, arr, raw_dtype=ggml_type(t))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return os.path.getsize(path)
+
+
+def export_reference(adapter: PolicyAdapter, path: str | os.PathLike[str], ggml_type: str = "F32") -> Path:
+    """Write the full-precision (F32, or any uniform type with fallbacks) GGUF of the adapter's model."""
+    from actquant_core.export import default_type_for, export_tensors
+
+    meta = adapter.gguf_metadata()
+    type_for = (lambda n, s: "F32") if ggml_type.upper() == "F32" else default_type_for(ggml_type.upper())
+    export_tensors(path, adapter.family, meta["config"], adapter.canonical_weights(), type_for,
+                   norm_stats=meta.get("norm_stats"), tokenizer_model=meta.get("tokenizer_model"))
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the pipeline
+# ----------------------------------------------------------------------------------------------------
+
+
+def _side_paths(out_path: Path) -> tuple[Path, Path]:
+    stem = out_path.name[: -len(".gguf")] if out_path.name.endswith(".gguf") else out_path.name
+    return out_path.with_name(stem + ".plan.yaml"), out_path.with_name(stem + ".report.md")
+
+
+def quantize_policy(
+    checkpoint_or_model: Any,
+    calib: Any,
+    bpw: float | None = None,
+    method: str | None = None,
+    out_path: str | os.PathLike[str] = "policy.gguf",
+    plan: QuantPlan | str | os.PathLike[str] | None = None,
+    *,
+    config: PipelineConfig | None = None,
+    bag_mapping: BagMapping | None = None,
+    tokenizer: str | os.PathLike[str] | None = None,
+    source: str = "",
+) -> QuantizeResult:
+    """Quantize a policy to a mixed-type GGUF; writes ``<out>.gguf``, ``<out>.plan.yaml``, ``<out>.report.md/.png``.
+
+    Args:
+        checkpoint_or_model: see :func:`load_policy`.
+        calib: calibration source (dataset / bag path, ``Episode`` iterable, or a list of
+            :class:`~.calibrate.CalibFrame`).
+        bpw, method: override ``config.bpw`` / ``config.method``.
+        out_path: the GGUF to write.
+        plan: a :class:`~.plan.QuantPlan` or a plan YAML to re-apply (no allocation; importance
+            recomputed as the plan says; identical plan + calibration -> identical bytes).
+        config: :class:`PipelineConfig`.
+        bag_mapping: topic mapping for recorded rosbags (None: the simulator's readers).
+        tokenizer: SentencePiece model for lerobot/openpi checkpoints.
+        source: free text stored in the GGUF (default: the checkpoint path).
+    Raises ``ValueError`` for an empty calibration set, a budget below the cheapest type, NaN
+    activations, or a plan naming a tensor the model does not have.
+    """
+    t_start = time.perf_counter()
+    cfg = config or PipelineConfig()
+    if bpw is not None:
+        cfg = replace(cfg, bpw=float(bpw))
+    if method is not None:
+        cfg = replace(cfg, method=method)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    adapter = load_policy(checkpoint_or_model, tokenizer=tokenizer)
+    if not source and isinstance(checkpoint_or_model, (str, Path)):
+        source = str(checkpoint_or_model)
+    table = adapter.tensor_table()
+    shapes = {t.name: t.shape for t in table}
+    hookable = {t.name for t in adapter.linear_targets()}
+
+    given: QuantPlan | None = None
+    if plan is not None:
+        given = plan if isinstance(plan, QuantPlan) else QuantPlan.load(plan)
+        given.check_model(shapes)
+        cfg = replace(cfg, method=given.method if given.method in METHODS else cfg.method)
+
+    t0 = time.perf_counter()
+    frames = _frames_from(calib, adapter, cfg, bag_mapping)
+    seconds["frames"] = time.perf_counter() - t0
+    if not frames:
+        raise ValueError(f"calibration set is empty: no frame from {calib!r} (split {cfg.split!r})")
+
+    # ---- stage 1 statistics
+    if given is None:
+        hsic_targets = [s.name for s in _allocated_specs(table, cfg.scope, None)] if cfg.method in _NEEDS_HSIC else []
+        imp_targets = sorted(hookable) if cfg.method in _NEEDS_ACTIVATION else []
+    else:
+        hsic_targets = []
+        imp_targets = [e.name for e in given.entries if e.importance == "activation"]
+        missing = [n for n in imp_targets if n not in hookable]
+        if missing:
+            raise ValueError(f"plan asks for activation importance of tensors without a hookable layer: {missing[:5]}")
+    t0 = time.perf_counter()
+    calibration = calibrate(adapter, frames, cfg.calib, hsic_targets=hsic_targets, importance_targets=imp_targets)
+    seconds["calibrate"] = time.perf_counter() - t0
+
+    # ---- plan
+    t0 = time.perf_counter()
+    weights = adapter.canonical_weights()
+    the_plan = given if given is not None else build_plan(adapter, cfg, calibration, weights, cfg.n_threads)
+    seconds["plan"] = time.perf_counter() - t0
+
+    # ---- stage 2: Fisher of the tensors the plan quantizes with Fisher importance
+    fisher_names = [e.name for e in the_plan.entries if e.importance == "fisher"]
+    if fisher_names:
+        fisher, nb, losses, secs = calibrate_fisher(adapter, frames, cfg.calib, fisher_names)
+        missing = sorted(set(fisher_names) - set(fisher))
+        if missing:
+            raise ValueError(f"plan asks for Fisher importance of tensors without a parameter: {missing[:5]}")
+        calibration.fisher, calibration.fisher_batches, calibration.fisher_losses = fisher, nb, losses
+        seconds["fisher"] = secs
+
+    # ---- quantize (GGML, per-row importance), refine
+    from actquant_core import native
+
+    t0 = time.perf_counter()
+    quantized = quantize_with_plan(
+        the_plan, weights, lambda W, t, imp: (b"" if t in ("F32", "F16") else native.quantize(W, t, imp, n_threads=cfg.n_threads)),
+        activation_importance=calibration.activation_importance, fisher=calibration.fisher)
+    seconds["quantize"] = time.perf_counter() - t0
+    refined: dict[str, tuple[float, float]] = {}
+    if cfg.refine:
+        t0 = time.perf_counter()
+        for e in the_plan.entries:
+            if e.ggml_type in REFINE_TYPES and e.importance == "fisher":
+                W = np.asarray(weights[e.name], np.float32).reshape(-1, e.shape[-1])
+                r = refine_tensor(quantized[e.name][1], e.ggml_type, W, calibration.fisher[e.name].reshape(W.shape),
+                                  cfg.refine_config)
+                quantized[e.name] = (e.ggml_type, r.data)
+                refined[e.name] = (r.error_before, r.error_after)
+        seconds["refine"] = time.perf_counter() - t0
+
+    # ---- write
+    t0 = time.perf_counter()
+    size = write_quantized_gguf(out_path, adapter, the_plan, weights, quantized, source=source)
+    plan_path, report_path = _side_paths(out_path)
+    the_plan.save(plan_path)
+    seconds["write"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - t_start
+    result = QuantizeResult(plan=the_plan, gguf_path=out_path, plan_path=plan_path, report_path=None,
+                            file_size=size, seconds=seconds, calibration=calibration, refine=refined)
+    if cfg.report:
+        from .report import write_report
+
+        result.report_path = write_report(report_path, result)
+    log.info("quantized %s: %s, backbone %.4f bpw, whole %.4f bpw, %.1f MB in %.1f s", source or "model",
+             the_plan.method, the_plan.bpw_backbone, the_plan.bpw_whole, size / 1e6, seconds["total"])
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------
+# evaluation through the native runtime
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActionError:
+    """Action error of a quantized policy vs the full-precision one (same inputs, same noise).
+
+    Attributes:
+        l1: mean |a_q - a_ref| over frames, horizon and un-padded action dims (normalised space).
+        nmse: sum (a_q - a_ref)^2 / sum (a_ref - mean a_ref)^2 (normalised space).
+        l1_robot: mean |a_q - a_ref| in robot units (after un-normalisation).
+        max_abs: largest |a_q - a_ref| (normalised space).
+        n_frames: frames evaluated.
+    """
+
+    l1: float
+    nmse: float
+    l1_robot: float
+    max_abs: float
+    n_frames: int
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def evaluate_actions(
+    gguf: str | os.PathLike[str],
+    reference: str | os.PathLike[str],
+    frames: Sequence[CalibFrame],
+    *,
+    seed: int = 0,
+    n_threads: int | None = None,
+    device: str = "cpu",
+    action_dims: int | None = None,
+) -> ActionError:
+    """Run both GGUFs through the native runtime on ``frames`` with identical noise; compare actions.
+
+    ``reference`` is a GGUF (typically :func:`export_reference`'s F32 file).
+    """
+    from actquant_core.runtime.pi05 import Pi05Runtime
+
+    if not frames:
+        raise ValueError("evaluation set is empty")
+    q = Pi05Runtime(gguf, n_threads=n_threads, device=device)
+    r = Pi05Runtime(reference, n_threads=n_threads, device=device)
+    if q.config != r.config:
+        raise ValueError(f"{gguf} and {reference} hold different policy configs")
+    d = action_dims or (r.norm_stats.actions.dim if r.norm_stats is not None else frames[0].actions.shape[-1])
+    rng = np.random.default_rng(seed)
+    aq, ar = [], []
+    for f in frames:
+        known = {k: v for k, v in f.images.items() if k in r.config.camera_slots}
+        inp = r.preprocessor(known, f.state, f.instruction)
+        noise = rng.standard_normal((r.config.action_horizon, r.config.action_dim)).astype(np.float32)
+        a_ref, _, _ = r.infer_model_inputs(inp, noise)
+        a_q, _, _ = q.infer_model_inputs(inp, noise)
+        ar.append(np.asarray(a_ref)[..., :d])
+        aq.append(np.asarray(a_q)[..., :d])
+    A_r, A_q = np.stack(ar).astype(np.float64), np.stack(aq).astype(np.float64)
+    if not np.isfinite(A_q).all():
+        raise FloatingPointError(f"{gguf}: non-finite actions")
+    diff = A_q - A_r
+    den = float(np.square(A_r - A_r.mean(axis=(0, 1), keepdims=True)).sum())
+    rob_q = r.preprocessor.unnormalize_actions(A_q.astype(np.float32), d)
+    rob_r = r.preprocessor.unnormalize_actions(A_r.astype(np.float32), d)
+    return ActionError(l1=float(np.abs(diff).mean()), nmse=float(np.square(diff).sum() / max(den, 1e-30)),
+                       l1_robot=float(np.abs(rob_q - rob_r).mean()), max_abs=float(np.abs(diff).max()),
+                       n_frames=len(frames))
+
+
+def frames_for_eval(calib: Any, horizon: int, n_frames: int, *, seed: int = 0, split: str = "holdout",
+                    holdout_every: int = 5, bag_mapping: BagMapping | None = None) -> list[CalibFrame]:
+    """Held-out frames (by default) of a calibration source for :func:`evaluate_actions`."""
+    return sample_frames(load_episodes(calib, bag_mapping), horizon, n_frames, seed=seed, split=split,
+                         holdout_every=holdout_every)
+
+
+def iter_methods() -> Iterable[str]:
+    """The methods, in table order."""
+    return iter(METHODS)
