@@ -312,3 +312,22 @@ def test_input_validation(tiny):
         tiny.sample_actions(images, im, tok[:, :-1], tm[:, :-1], noise)
     with pytest.raises(ValueError, match="noise must be"):
         tiny.sample_actions(images, im, tok, tm, noise[:, :-1])
+
+
+@pytest.mark.slow
+def test_real_widths_one_layer_cache_equals_joint():
+    """Real pi05 widths/heads (vision hd 72, MQA hd 256, 968-token prefix) with one layer per stack."""
+    cfg = get_preset("pi05").replace(num_steps=2, action_horizon=10, vision_depth=1, lm_depth=1, expert_depth=1,
+                                     vocab_size=4096)
+    model = Pi05Model(cfg).init_random(seed=0).eval()
+    images, im, tok, tm, noise = make_inputs(cfg, batch=1, cam_mask=(True, True, False), text_lens=(20,))
+    actions, inter = model.sample_actions(images, im, tok, tm, noise, return_intermediates=True)
+    assert inter[PI05_INTER_PREFIX_K.format(i=0)].shape == (1, 968, 1, 256)
+    assert torch.isfinite(actions).all()
+    with torch.no_grad():
+        cache = model.compute_prefix_kv(images, im, tok, tm)
+        t = torch.tensor([0.4])
+        torch.testing.assert_close(
+            model.denoise_step(cache, None, noise, t), model.joint_velocity(images, im, tok, tm, noise, t),
+            rtol=0, atol=CACHE_TOL,
+        )
