@@ -183,7 +183,7 @@ def model_from_canonical(
         elif arr.shape != want:
             bad.append(f"{canon}: {arr.shape} != {want}")
             continue
-        state[internal] = torch.from_numpy(np.ascontiguousarray(arr)).to(dtype)
+        state[internal] = torch.from_numpy(np.array(arr, dtype=np.float32, order="C", copy=True)).to(dtype)
     if bad:
         raise ValueError(f"canonical tensor shape mismatches for this openvla_oft config: {bad[:20]}")
     model.load_state_dict(state, assign=True, strict=True)
