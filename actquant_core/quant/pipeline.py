@@ -481,6 +481,12 @@ def export_reference(adapter: PolicyAdapter, path: str | os.PathLike[str], ggml_
 # ----------------------------------------------------------------------------------------------------
 
 
+def _zero_scores(table: Sequence[TensorInfo]) -> Any:
+    from .hsic import HsicConfig, HsicResult
+
+    return HsicResult(scores={t.name: 0.0 for t in table if t.linear}, terms={}, n=0, config=HsicConfig())
+
+
 def _side_paths(out_path: Path) -> tuple[Path, Path]:
     stem = out_path.name[: -len(".gguf")] if out_path.name.endswith(".gguf") else out_path.name
     return out_path.with_name(stem + ".plan.yaml"), out_path.with_name(stem + ".report.md")
@@ -537,6 +543,10 @@ def quantize_policy(
         given = plan if isinstance(plan, QuantPlan) else QuantPlan.load(plan)
         given.check_model(shapes)
         cfg = replace(cfg, method=given.method if given.method in METHODS else cfg.method)
+
+    if given is None:  # budget errors before any calibration work
+        build_plan(adapter, replace(cfg, method="hsic-only" if cfg.method in ("actquant", "generic") else cfg.method),
+                   CalibrationResult(hsic=_zero_scores(table)), weights={}, n_threads=cfg.n_threads)
 
     t0 = time.perf_counter()
     frames = _frames_from(calib, adapter, cfg, bag_mapping)

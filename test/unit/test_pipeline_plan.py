@@ -1,0 +1,127 @@
+"""Pipeline plan building: budgets, fixed table, scopes, uniform baselines, inactive tensors, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actquant_core.policies.common.tokenizer import SentencePieceTokenizer
+from actquant_core.policies.pi05.config import get_preset
+from actquant_core.policies.pi05.model import Pi05Model
+from actquant_core.quant.adapters import Pi05Adapter
+from actquant_core.quant.calibrate import CalibrationResult
+from actquant_core.quant.hsic import HsicConfig, HsicResult
+from actquant_core.quant.pipeline import PipelineConfig, build_plan, quantize_policy, uniform_type_for
+from actquant_core.quant.plan import QuantPlan
+from actquant_core.quant.types import nominal_bpw
+
+
+def small_config():
+    """pi05-small structure at test size: every linear row length is a multiple of 256."""
+    return get_preset("pi05-small").replace(
+        image_size=28, patch_size=14, vision_width=256, vision_depth=1, vision_mlp=256, vision_heads=4,
+        lm_width=256, lm_depth=2, expert_depth=2, num_heads=2, head_dim=128, lm_mlp=512, expert_width=256,
+        expert_mlp=256, action_horizon=4, max_token_len=12, discrete_state_input=False)
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    model = Pi05Model(small_config()).init_random(0).eval()
+    return Pi05Adapter(model, None, SentencePieceTokenizer.small())
+
+
+def _fake_calibration(adapter, seed=0):
+    rng = np.random.default_rng(seed)
+    names = [t.name for t in adapter.linear_targets()]
+    scores = {n: float(rng.uniform(0.0, 1.0)) for n in names}
+    return CalibrationResult(hsic=HsicResult(scores=scores, terms={}, n=8, config=HsicConfig()), n_frames=8)
+
+
+@pytest.mark.parametrize("bpw", [2.25, 3.0, 4.0])
+@pytest.mark.parametrize("method", ["actquant", "hsic-only"])
+def test_allocation_meets_budget_and_fixed_table(adapter, method, bpw):
+    plan = build_plan(adapter, PipelineConfig(method=method, bpw=bpw), _fake_calibration(adapter))
+    types = plan.type_map()
+    assert plan.bpw_backbone <= bpw + 1e-9
+    assert plan.bpw_backbone >= bpw - 0.5  # the budget is spent, not wasted (one step of the menu)
+    lin = [e for e in plan.entries if e.role == "linear"]
+    assert {e.name.split(".")[0] for e in lin} == {"lm"} and len(lin) == 7 * adapter.config.lm_depth
+    assert types["lm.token_embd.weight"] == "Q8_0"
+    assert types["ex.blk.0.attn_q.weight"] == "F16" and types["mm.proj.weight"] == "F16"
+    assert types["v.position_embd.weight"] == "F32" and types["lm.blk.0.attn_norm.weight"] == "F32"
+    # vision: the largest K-quant within the budget (Q2_K at least); the 588-wide patch conv falls back to F16
+    assert types["v.blk.0.attn_q.weight"] == ("Q3_K" if bpw >= 3.4375 else "Q2_K")
+    assert types["v.patch_embd.weight"] == "F16" and "fallback" in plan.entry("v.patch_embd.weight").reason
+    want_imp = "fisher" if method == "actquant" else "activation"
+    assert {e.importance for e in lin} == {want_imp}
+
+
+def test_higher_score_never_gets_fewer_bits_within_a_layer(adapter):
+    cal = _fake_calibration(adapter)
+    names = [f"lm.blk.0.{k}.weight" for k in ("attn_q", "attn_output")]  # equal shapes [256, 256]
+    cal.hsic.scores[names[0]], cal.hsic.scores[names[1]] = 10.0, 1e-4
+    plan = build_plan(adapter, PipelineConfig(bpw=3.0), cal)
+    assert plan.entry(names[0]).bits >= plan.entry(names[1]).bits
+
+
+def test_scope_all_allocates_vision_expert_and_heads(adapter):
+    plan = build_plan(adapter, PipelineConfig(bpw=3.0, scope="all"), _fake_calibration(adapter))
+    lin = {e.name for e in plan.entries if e.role == "linear"}
+    assert {"v.blk.0.attn_q.weight", "ex.blk.1.ffn_down.weight", "mm.proj.weight", "time.mlp_in.weight"} <= lin
+    assert plan.bpw_backbone <= 3.0 + 1e-9
+    backbone = build_plan(adapter, PipelineConfig(bpw=3.0), _fake_calibration(adapter))
+    assert plan.bpw_whole < backbone.bpw_whole  # the expert leaves F16
+
+
+def test_inactive_tensors_get_the_cheapest_type_and_free_bits(adapter):
+    cal = _fake_calibration(adapter)
+    base = build_plan(adapter, PipelineConfig(bpw=3.0), cal)
+    cheap = build_plan(adapter, PipelineConfig(bpw=3.0, inactive="cheapest"), cal)
+    dead = adapter.inactive_tensors()
+    assert dead and all(cheap.entry(n).ggml_type == "IQ1_S" for n in dead)
+    assert cheap.bpw_backbone <= 3.0 + 1e-9
+    live = [e.name for e in cheap.entries if e.role == "linear" and e.name not in dead]
+    assert sum(cheap.entry(n).bits for n in live) > sum(base.entry(n).bits for n in live)
+
+
+@pytest.mark.parametrize("method,bpw,want", [("rtn", 3.0, "Q2_K"), ("rtn", 4.0, "Q3_K"), ("imatrix", 2.5, "IQ2_XS"),
+                                             ("fisher-only", 2.25, "IQ2_XXS"), ("imatrix", 4.5, "Q4_K")])
+def test_uniform_baselines(adapter, method, bpw, want):
+    plan = build_plan(adapter, PipelineConfig(method=method, bpw=bpw), None)
+    assert {e.ggml_type for e in plan.entries if e.role == "linear"} == {want}
+    assert nominal_bpw(want) <= bpw
+
+
+def test_budget_below_the_cheapest_type_is_a_clear_error(adapter):
+    with pytest.raises(ValueError, match="below the cheapest"):
+        build_plan(adapter, PipelineConfig(method="actquant", bpw=1.0), _fake_calibration(adapter))
+    with pytest.raises(ValueError, match="below the cheapest type"):
+        build_plan(adapter, PipelineConfig(method="rtn", bpw=2.5), None)
+    with pytest.raises(ValueError, match="below the cheapest type"):
+        uniform_type_for(1.0, ("Q2_K", "Q4_K"))
+
+
+def test_config_validation_names_the_value():
+    with pytest.raises(ValueError, match="method='gptq'"):
+        PipelineConfig(method="gptq")
+    with pytest.raises(ValueError, match="bpw must be a finite number > 0, got nan"):
+        PipelineConfig(bpw=float("nan"))
+    with pytest.raises(ValueError, match="scope='vision'"):
+        PipelineConfig(scope="vision")
+
+
+def test_plan_round_trip_and_unknown_tensor_in_plan(adapter, tmp_path):
+    plan = build_plan(adapter, PipelineConfig(bpw=3.0), _fake_calibration(adapter))
+    back = QuantPlan.load(plan.save(tmp_path / "p.plan.yaml"))
+    assert back == plan
+    d = plan.to_dict()
+    d["tensors"][0]["name"] = "lm.blk.99.attn_q.weight"
+    bad = QuantPlan.from_dict(d)
+    with pytest.raises(ValueError, match=r"plan names 1 tensor\(s\) the model does not have: \['lm\.blk\.99"):
+        quantize_policy(adapter, [], 3.0, "actquant", tmp_path / "x.gguf", plan=bad)
+
+
+def test_empty_calibration_set_in_quantize_policy(adapter, tmp_path):
+    with pytest.raises(ValueError, match="calibration set is empty"):
+        quantize_policy(adapter, [], 3.0, "actquant", tmp_path / "x.gguf",
+                        config=PipelineConfig(split="all"))
