@@ -18,8 +18,11 @@ from actquant_core.runtime.types import Observation
 # F32 weights: the same float32 math in another order -> relative error per stage (measured <= 1e-6).
 TOL_F32 = 1e-5
 # Q4_K weights vs torch with the *dequantized* weights: GGML also rounds activations to Q8_K in every
-# K-quant matmul (F16 weights: to F16); measured ~3e-3 on actions of openvla-oft-small.
-TOL_QUANT = 3e-2
+# K-quant matmul (F16 weights: to F16), ~0.5% per matmul, compounding over ~25 sequential matmuls.
+# Measured on openvla-oft-small (seed 1): dino_feat 1.1e-2, projector_out 2.1e-2, action_hidden 2.2e-2,
+# actions 3.6e-2 at 112 px (2.5e-2 at 224 px; Q8_0 weights give 2.1e-2: activation rounding dominates).
+TOL_QUANT_STAGE = 4e-2
+TOL_QUANT_ACTIONS = 7e-2
 
 STAGES_TINY = ["dino_feat.0", "dino_feat.1", "siglip_feat.0", "siglip_feat.1", "projector_out", "proprio_emb",
                "input_emb", "action_hidden"]
@@ -69,6 +72,8 @@ def test_stage_by_stage_f32(tiny):
 
 def test_observation_path_unnormalises(tiny):
     cfg, model, path = tiny
+    if cfg.use_film:
+        pytest.skip("one parametrisation is enough")
     rt = OftRuntime(path, n_threads=2)
     rng = np.random.default_rng(3)
     images = {s: rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for s in cfg.image_slots}
@@ -105,8 +110,14 @@ def test_quantized_q4k_matches_torch_with_dequantized_weights(tmp_path):
     ref, rinter = _torch_ref(ref_model, inp)
     for name in ("projector_out", "action_hidden"):
         r = rinter[name][0].numpy()
-        assert _rel(inter[name].reshape(r.shape), r) < TOL_QUANT, name
-    assert _rel(actions, ref[0].numpy()) < TOL_QUANT
+        assert _rel(inter[name].reshape(r.shape), r) < TOL_QUANT_STAGE, name
+    err = _rel(actions, ref[0].numpy())
+    assert err < TOL_QUANT_ACTIONS
+    # the native graph follows the dequantized weights, not the original ones: its distance to torch-with-
+    # dequantized-weights is well below the weight quantization's own effect on the actions
+    with torch.no_grad():
+        orig = model.predict_actions(*(torch.from_numpy(x) for x in inp.as_dict().values()))
+    assert err < 0.5 * _rel(orig[0].numpy(), ref[0].numpy())
 
 
 def test_bad_inputs(tiny, tmp_path):

@@ -75,15 +75,16 @@ def test_film_changes_vision_features_with_the_prompt():
     model = OftModel(cfg).init_random(2).eval()
     pre = OftPreprocessor(cfg, SentencePieceTokenizer.small(), None)
     imgs = {s: np.full((32, 32, 3), 100, np.uint8) for s in cfg.image_slots}
+
+    def dino(task):
+        px, _, ids, att, act = _t(pre(imgs, np.zeros(8), task))
+        return model.vision_features(px, model.film_condition(ids, att, act))[0]
+
     with torch.no_grad():
-        _, i1 = model.predict_actions(*_t(pre(imgs, np.zeros(8), "open the drawer")), return_intermediates=True)
-        _, i2 = model.predict_actions(*_t(pre(imgs, np.zeros(8), "close the drawer")), return_intermediates=True)
-    assert (i1["dino_feat.0"] - i2["dino_feat.0"]).abs().max() > 1e-4
-    plain = OftModel(cfg.replace(use_film=False)).init_random(2).eval()
-    with torch.no_grad():
-        _, j1 = plain.predict_actions(*_t(pre(imgs, np.zeros(8), "open the drawer")), return_intermediates=True)
-        _, j2 = plain.predict_actions(*_t(pre(imgs, np.zeros(8), "close the drawer")), return_intermediates=True)
-    assert torch.equal(j1["dino_feat.0"], j2["dino_feat.0"])
+        d1, d2, d3 = dino("open the drawer"), dino("close the drawer"), dino("open the drawer")
+    assert (d1 - d2).abs().max() > 1e-4 and torch.equal(d1, d3)
+    with pytest.raises(ValueError, match="use_film needs film_cond"):
+        model.vision_features(_t(pre(imgs, np.zeros(8), "x"))[0])
 
 
 def test_registers_and_dead_blocks(tiny):
