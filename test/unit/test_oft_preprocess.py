@@ -127,3 +127,20 @@ def test_preprocessor_end_to_end_and_errors():
         OftPreprocessor(cfg, SentencePieceTokenizer.small(), None, gripper="x")
     with pytest.raises(ValueError, match="action statistics have 3 dims"):
         OftPreprocessor(cfg, SentencePieceTokenizer.small(), OftNormStats(BoundsStats([0] * 3, [1] * 3, None)))
+
+
+def test_online_modules_import_no_torch():
+    """The runtime facade and preprocessing must not load torch (edge computers have none)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys, actquant_core.runtime.openvla_oft, actquant_core.policies.openvla_oft as o\n"
+            "o.OftPreprocessor, o.OftNormStats\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root,
+                         env=dict(os.environ, PYTHONPATH=str(root)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
