@@ -170,3 +170,27 @@ def test_bad_inputs(tiny, tmp_path):
                    tokenizer_model=SentencePieceTokenizer.small().model_bytes)
     with pytest.raises(native.GgufError, match=r"badshape\.gguf.*lm\.blk\.1\.attn_k\.weight.*shape \[32, 64\], expected \[64, 64\]"):
         OftRuntime(badf)
+
+
+@pytest.mark.slow
+def test_real_vit_widths_f32(tmp_path):
+    """The real DINOv2-L / SigLIP-So400m block shapes (head_dim 64 / 72, MLP 4096 / 4304, projector 2176 ->
+    8704) with one feature block each and a small LM: stage parity at F32 (~8 s)."""
+    real = get_preset("openvla-oft")
+    cfg = get_preset("openvla-oft-small").replace(
+        dino_width=real.dino_width, dino_heads=real.dino_heads, dino_mlp=real.dino_mlp, dino_depth=2,
+        siglip_width=real.siglip_width, siglip_heads=real.siglip_heads, siglip_mlp=real.siglip_mlp, siglip_depth=2,
+        projector_hidden=real.projector_hidden, lm_width=256, lm_depth=1, num_heads=2, num_kv_heads=2, lm_mlp=512,
+        head_hidden=256)
+    model = OftModel(cfg).init_random(0).eval()
+    path = tmp_path / "realvit.gguf"
+    export_openvla_oft(model, path, tokenizer_model=SentencePieceTokenizer.small().model_bytes)
+    rt = OftRuntime(path, n_threads=2)
+    inp = _obs_inputs(rt, cfg)
+    names = ["dino_feat.0", "siglip_feat.1", "projector_out", "action_hidden"]
+    actions, _, inter = rt.infer_model_inputs(inp, names)
+    ref, rinter = _torch_ref(model, inp)
+    for name in names:
+        r = rinter[name][0].numpy()
+        assert _rel(inter[name].reshape(r.shape), r) < TOL_F32, name
+    assert _rel(actions, ref[0].numpy()) < TOL_F32
