@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
 
 namespace actquant {
 
@@ -58,6 +59,17 @@ ggml_tensor * layer_name(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * t, 
         ggml_build_forward_expand(gf, t);
     }
     return t;
+}
+
+bool layer_stage_cb(ggml_tensor * t, bool ask, void * user) {
+    const bool is_marker = std::strncmp(t->name, "stage:", 6) == 0;
+    if (ask) return is_marker;
+    auto * st = (layer_stage_timer *) user;
+    if (is_marker) {
+        st->at_ms[t->name + 6] =
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - st->t0).count();
+    }
+    return true;
 }
 
 }  // namespace actquant

@@ -5,6 +5,10 @@
 // so ggml_mul_mat(W, x) = x @ W.T.
 #pragma once
 
+#include <chrono>
+#include <map>
+#include <string>
+
 #include "ggml.h"
 
 namespace actquant {
@@ -32,5 +36,14 @@ ggml_tensor * layer_attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor *
 // Names t (printf-style) and marks it as a graph output when keep is true, so it survives allocation
 // and can be read back for parity dumps.
 ggml_tensor * layer_name(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * t, bool keep, const char * fmt, ...);
+
+// Stage timing through the scheduler's eval callback, without splitting the graph by hand: name a node
+// "stage:<name>" (layer_name with keep=false, then ggml_build_forward_expand it) and run the graph with
+// Backend::set_eval_callback(layer_stage_cb, &timer). at_ms[<name>] = ms from t0 to when that node was done.
+struct layer_stage_timer {
+    std::chrono::steady_clock::time_point t0;
+    std::map<std::string, double> at_ms;
+};
+bool layer_stage_cb(ggml_tensor * t, bool ask, void * user);
 
 }  // namespace actquant

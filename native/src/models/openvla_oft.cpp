@@ -267,6 +267,7 @@ oft_outputs OftRuntime::infer(const oft_inputs & in, const std::vector<std::stri
     vis = ggml_gelu_erf(ctx, layer_linear(ctx, m.get("mm.fc2.weight"), m.get("mm.fc2.bias"), vis));
     vis = layer_linear(ctx, m.get("mm.fc3.weight"), m.get("mm.fc3.bias"), vis);  // [D, I*P]
     layer_name(ctx, gf, vis, keep("projector_out"), "projector_out");
+    ggml_build_forward_expand(gf, layer_name(ctx, gf, ggml_view_1d(ctx, vis, 1, 0), false, "stage:vision"));
     if (h.use_proprio) {
         ggml_tensor * pt = ggml_gelu_erf(ctx, layer_linear(ctx, m.get("proprio.fc1.weight"), m.get("proprio.fc1.bias"), in_proprio));
         pt = layer_linear(ctx, m.get("proprio.fc2.weight"), m.get("proprio.fc2.bias"), pt);  // [D, 1]
@@ -299,6 +300,7 @@ oft_outputs OftRuntime::infer(const oft_inputs & in, const std::vector<std::stri
     x = layer_rms_norm(ctx, x, m.get("lm.output_norm.weight"), h.rms_eps);
     ggml_tensor * ah = ggml_cont(ctx, ggml_view_2d(ctx, x, D, nA, x->nb[1], (size_t) (Nv + a0) * x->nb[1]));  // [D, nA]
     layer_name(ctx, gf, ah, keep("action_hidden"), "action_hidden");
+    ggml_build_forward_expand(gf, layer_name(ctx, gf, ggml_view_1d(ctx, ah, 1, 0), false, "stage:llm"));
 
     // L1 regression head (MLP-ResNet) on [action_dim*D, chunk].
     ggml_tensor * y = ggml_reshape_2d(ctx, ah, (int64_t) h.action_dim * D, h.chunk);
@@ -327,9 +329,12 @@ oft_outputs OftRuntime::infer(const oft_inputs & in, const std::vector<std::stri
     const double alloc_ms = ms_since(t_alloc);
 
     // ---- phase 3: compute ------------------------------------------------------------------------
-    const auto t_compute = clk::now();
+    layer_stage_timer st;
+    st.t0 = clk::now();
+    backend_->set_eval_callback(layer_stage_cb, &st);
     backend_->run(gf);
-    const double compute_ms = ms_since(t_compute);
+    backend_->set_eval_callback(nullptr, nullptr);
+    const double compute_ms = ms_since(st.t0);
 
     oft_outputs out;
     out.actions.resize((size_t) h.chunk * h.action_dim);
@@ -348,6 +353,11 @@ oft_outputs OftRuntime::infer(const oft_inputs & in, const std::vector<std::stri
     out.timing_ms["build"] = build_ms;
     out.timing_ms["alloc"] = alloc_ms;
     out.timing_ms["compute"] = compute_ms;
+    const double t_vis = st.at_ms.count("vision") ? st.at_ms["vision"] : 0.0;
+    const double t_llm = st.at_ms.count("llm") ? st.at_ms["llm"] : t_vis;
+    out.timing_ms["vision"] = t_vis;
+    out.timing_ms["llm"] = t_llm - t_vis;
+    out.timing_ms["head"] = compute_ms - t_llm;
     out.timing_ms["total"] = ms_since(t_total);
     return out;
 }

@@ -45,7 +45,7 @@ struct oft_outputs {
     std::vector<float> actions;                               // [chunk, action_dim]
     std::map<std::string, std::vector<float>> intermediates;  // name -> data (row-major, numpy order)
     std::map<std::string, std::vector<int64_t>> shapes;       // name -> numpy shape
-    std::map<std::string, double> timing_ms;                  // "build", "alloc", "compute", "total"
+    std::map<std::string, double> timing_ms;  // "build", "alloc", "vision", "llm", "head", "compute", "total"
 };
 
 class OftRuntime {
