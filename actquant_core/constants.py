@@ -231,6 +231,9 @@ OFT_LLAMA_PAD_TOKEN = 32000  # "<PAD>" added by prismatic, vocab padded to 32064
 OFT_LLAMA_TOKENIZER_VOCAB = 32000  # action bin b -> token id (tokenizer vocab - b)
 OFT_ACTION_BINS = 256
 OFT_NORM_EPS = 1e-8  # bounds_q99 (un)normalisation epsilon
+# transformers' LlamaConfig default rms_norm_eps: what an HF-loaded OpenVLA runs with when its config.json
+# text_config does not spell the value (Llama-2-7b-hf's own config says 1e-5).
+OFT_HF_LLAMA_DEFAULT_RMS_EPS = 1e-6
 # Image normalisation (DINOv2: ImageNet; SigLIP: 0.5 / 0.5), per RGB channel.
 OFT_DINO_MEAN = (0.485, 0.456, 0.406)
 OFT_DINO_STD = (0.229, 0.224, 0.225)

@@ -84,3 +84,17 @@ def test_layout_errors(tmp_path):
     torch.save({}, root2 / "action_head--50000_checkpoint.pt")
     with pytest.raises(OftCheckpointError, match="several files match"):
         load_oft_checkpoint(root2, base=cfg)
+
+
+def test_config_json_heads_and_eps(tmp_path):
+    cfg = get_preset("openvla-oft-tiny")
+    root = write_oft_checkpoint(OftModel(cfg).init_random(6).eval(), tmp_path)
+    loaded_cfg, _, _ = load_oft_checkpoint(root, base=cfg.replace(num_heads=2, num_kv_heads=2, rms_eps=3e-5))
+    assert (loaded_cfg.num_heads, loaded_cfg.num_kv_heads, loaded_cfg.rms_eps) == (4, 4, cfg.rms_eps)  # from config.json
+    (root / "config.json").write_text(json.dumps({"text_config": {"model_type": "llama", "vocab_size": 1024}}))
+    loaded_cfg, _, _ = load_oft_checkpoint(root, base=cfg.replace(num_heads=2, num_kv_heads=2, rms_eps=3e-5))
+    # no eps in text_config: transformers' LlamaConfig default; heads from the base, kv heads from shapes
+    assert (loaded_cfg.num_heads, loaded_cfg.num_kv_heads, loaded_cfg.rms_eps) == (2, 2, 1e-6)
+    (root / "config.json").unlink()
+    loaded_cfg, _, _ = load_oft_checkpoint(root, base=cfg.replace(rms_eps=3e-5))
+    assert loaded_cfg.rms_eps == 3e-5

@@ -15,8 +15,9 @@ Accepted layout (/work/shared/reference/openvla-oft.md §10):
 Dimensions come from tensor shapes (widths, depths by counting blocks, MLP sizes, registers, patch and
 image size, projector width, vocab, head sizes, action_dim = head input / lm_width, proprio_dim).
 Head counts, the chunk length and the number of images cannot be read from shapes: ``config.json``
-(``text_config.num_attention_heads`` / ``num_key_value_heads`` / ``rms_norm_eps`` / ``rope_theta``)
-or the arguments give them.  The FiLM key layout is inferred from upstream's wrapper, not checked
+(``text_config.num_attention_heads`` / ``rms_norm_eps`` / ``rope_theta``) or the arguments give them.
+A ``text_config`` without ``rms_norm_eps`` means transformers' LlamaConfig default (1e-6), which is
+what the HF OpenVLA model runs with; without any config.json the base config's 1e-5 stays.  The FiLM key layout is inferred from upstream's wrapper, not checked
 against a released file.
 """
 
@@ -43,6 +44,7 @@ from actquant_core.constants import (
     OFT_CKPT_PROPRIO_KEYS,
     OFT_CKPT_SIGLIP,
     OFT_DATASET_STATS_FILE,
+    OFT_HF_LLAMA_DEFAULT_RMS_EPS,
     OFT_LM_HEAD,
 )
 from actquant_core.policies.common.safetensors_io import read_checkpoint_tensors
@@ -197,6 +199,11 @@ def infer_config(
     for field, name in (("rms_eps", "rms_norm_eps"), ("rope_theta", "rope_theta")):
         if tc.get(name) is not None:
             fields[field] = float(tc[name])
+    if tc and tc.get("rms_norm_eps") is None:
+        # transformers builds the LlamaConfig from text_config: an absent eps means its default
+        log.warning("config.json text_config has no rms_norm_eps: using transformers' LlamaConfig default %g "
+                    "(what the HF model runs with)", OFT_HF_LLAMA_DEFAULT_RMS_EPS)
+        fields["rms_eps"] = OFT_HF_LLAMA_DEFAULT_RMS_EPS
     if cj.get("pad_token_id") is not None:
         fields["pad_token_id"] = int(cj["pad_token_id"])
     if num_images != len(base.image_slots):
