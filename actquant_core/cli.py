@@ -129,6 +129,9 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
                         "(paper) or give them the cheapest type and spend the bits elsewhere (actquant only)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration forward batch (default 8)")
     p.add_argument("--fisher-batches", type=int, default=None, help="cap on Fisher batches of 8 frames (default: all frames)")
+    p.add_argument("--targets", choices=("data", "policy"), default="data",
+                   help="action targets of HSIC's Y and the Fisher loss: recorded chunks (paper) or the full-precision "
+                        "policy's own sampled chunks (self-distillation)")
     p.add_argument("--pooling", choices=("valid", "all"), default="valid", help="token pooling (default: valid tokens)")
     p.add_argument("--hsic-estimator", choices=("biased", "cka", "nocco"), default="biased", help="HSIC estimator")
     p.add_argument("--hsic-project-dim", type=int, default=None,
@@ -147,7 +150,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     menu = tuple(t.strip().upper() for t in args.menu.split(",")) if args.menu else DEFAULT_MENU
     calib = CalibConfig(batch_size=args.batch_size, fisher_batches=args.fisher_batches, pooling=args.pooling,
-                        seed=args.seed, device=args.device, progress=not args.no_progress,
+                        seed=args.seed, device=args.device, progress=not args.no_progress, targets=args.targets,
                         hsic=HsicConfig(estimator=args.hsic_estimator, project_dim=args.hsic_project_dim,
                                         device=args.device))
     cfg = PipelineConfig(method=args.method, bpw=args.bpw, scope=args.scope, menu=menu, vision_type=args.vision_type,

@@ -177,6 +177,10 @@ class PolicyAdapter(abc.ABC):
         """Scalar loss parts for the Fisher (``loss_names``); random draws are in ``batch``."""
 
     @abc.abstractmethod
+    def policy_actions(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        """The full-precision policy's own action chunk for the batch (same layout as ``batch["actions"]``)."""
+
+    @abc.abstractmethod
     def add_loss_randomness(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> None:
         """Draw the loss's random inputs (noise, times) into ``batch`` from ``generator``."""
 
@@ -354,6 +358,14 @@ class Pi05Adapter(PolicyAdapter):
         u = torch.rand((a.shape[0],), generator=generator, dtype=torch.float32)
         batch["noise"] = noise.to(a.device)
         batch["t"] = (u.pow(1.0 / 1.5) * 0.999 + 0.001).to(a.device)
+
+    @torch.no_grad()
+    def policy_actions(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        """Sampled actions [B, H, action_dim] (normalised, padded) of the reference model, noise from ``generator``."""
+        a = batch["actions"]
+        noise = torch.randn(a.shape, generator=generator, dtype=torch.float32).to(a.device)
+        return self.model.sample_actions(batch["images"], batch["image_masks"], batch["tokens"], batch["token_masks"],
+                                         noise).to(a.dtype)
 
     def run_forward(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> None:
         """One joint prefix + suffix forward at a flow-matching point (x_t from the true chunk)."""

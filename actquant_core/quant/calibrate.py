@@ -77,6 +77,8 @@ __all__ = [
 ]
 
 SPLITS = ("calib", "holdout", "all")
+#: action targets of calibration (see :class:`CalibConfig`)
+TARGETS = ("data", "policy")
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -305,6 +307,10 @@ class CalibConfig:
         hsic: :class:`~.hsic.HsicConfig` of the scores.
         progress: tqdm progress bars.
         fisher_accumulate_device: device of the Fisher running sums (None = the parameter's).
+        targets: action targets of Y and of the Fisher's loss: "data" (the recorded action chunk, the
+            paper) or "policy" (the full-precision policy's own sampled chunk: self-distillation; the
+            only meaningful choice for a policy that was not trained on the calibration data, e.g.
+            random weights in tests and benchmarks).
     """
 
     batch_size: int = 8
@@ -316,8 +322,11 @@ class CalibConfig:
     hsic: HsicConfig = field(default_factory=HsicConfig)
     progress: bool = True
     fisher_accumulate_device: str | None = None
+    targets: str = "data"
 
     def __post_init__(self) -> None:
+        if self.targets not in TARGETS:
+            raise ValueError(f"CalibConfig.targets={self.targets!r}; expected one of {TARGETS}")
         if self.batch_size < 1 or self.fisher_batch_size < 1:
             raise ValueError(f"CalibConfig batch sizes must be >= 1, got {self.batch_size}, {self.fisher_batch_size}")
         if self.fisher_batches is not None and self.fisher_batches < 1:
@@ -390,11 +399,14 @@ def calibrate(
     acc = HsicAccumulator(config.hsic) if hsic_set else None
     imp = ActivationImportanceAccumulator() if imp_set else None
     gen = torch.Generator().manual_seed(config.seed)
+    target_gen = torch.Generator().manual_seed(config.seed + 2)
     current: dict[str, Any] = {}
     captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def make_hook(name: str, kind: str):
         def hook(_mod, inputs, output):
+            if not current.get("active"):
+                return  # e.g. the policy's own sampling pass for targets="policy"
             x = inputs[0].detach()
             batch = current["batch"]
             if not bool(torch.isfinite(x).all()) or not bool(torch.isfinite(output).all()):
@@ -409,6 +421,8 @@ def calibrate(
     def x_hook(_mod, inputs):
         from .adapters import POOL_PREFIX
 
+        if not current.get("active"):
+            return
         current["x"] = adapter.pool(POOL_PREFIX, inputs[0].detach(), current["batch"], config.pooling).cpu()
 
     handles = [model.get_submodule(targets[n].module).register_forward_hook(make_hook(n, targets[n].pool))
@@ -426,10 +440,14 @@ def calibrate(
         with torch.no_grad():
             for chunk in it:
                 batch = adapter.prepare_batch(chunk, dev)
+                if config.targets == "policy":
+                    batch["actions"] = adapter.policy_actions(batch, target_gen)
                 adapter.add_loss_randomness(batch, gen)
                 current.update(batch=batch, start=start)
                 captured.clear()
+                current["active"] = True
                 adapter.run_forward(batch, gen)
+                current["active"] = False
                 if acc is not None:
                     missing = sorted(hsic_set - set(captured))
                     if missing:
@@ -474,6 +492,7 @@ def calibrate_fisher(
     fc = FisherConfig(alpha=adapter.fisher_alpha, accumulate_device=config.fisher_accumulate_device)
     fa = FisherAccumulator(model, list(pmap.values()), adapter.loss_parts, fc)
     gen = torch.Generator().manual_seed(config.seed + 1)
+    target_gen = torch.Generator().manual_seed(config.seed + 3)
     order = np.random.default_rng(config.seed).permutation(len(frames))
     shuffled = [frames[i] for i in order]
     n_batches = math.ceil(len(frames) / config.fisher_batch_size)
@@ -488,6 +507,8 @@ def calibrate_fisher(
     for b in it:
         chunk = shuffled[b * config.fisher_batch_size : (b + 1) * config.fisher_batch_size]
         batch = adapter.prepare_batch(chunk, dev)
+        if config.targets == "policy":
+            batch["actions"] = adapter.policy_actions(batch, target_gen)
         adapter.add_loss_randomness(batch, gen)
         fa.add_batch(batch)
     r = fa.solve()

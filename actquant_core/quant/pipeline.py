@@ -63,8 +63,12 @@ __all__ = [
     "build_plan",
     "quantize_policy",
     "write_quantized_gguf",
+    "apply_plan",
+    "needed_statistics",
     "export_reference",
     "evaluate_actions",
+    "runtime_actions",
+    "compare_actions",
     "ActionError",
 ]
 
@@ -363,8 +367,12 @@ def build_plan(
     calibration: CalibrationResult | None,
     weights: Mapping[str, np.ndarray] | None = None,
     n_threads: int | None = None,
+    error_fn: Any | None = None,
 ) -> QuantPlan:
     """The method's plan over every canonical tensor of the adapter's model.
+
+    ``error_fn(spec, type) -> float`` overrides the generic allocator's weighted-error function (reuse
+    one :func:`.importance.weighted_error_fn` across budgets: it caches every (tensor, type) error).
 
     Raises ``ValueError`` when the budget is below the cheapest type / assignment, or when the method's
     statistics are missing from ``calibration``.
@@ -391,12 +399,12 @@ def build_plan(
     elif m == "fisher-only":
         part = plan_fisher_only(specs, uniform_type_for(cfg.bpw, cfg.menu), ac)
     elif m == "generic":
-        if calibration is None or calibration.activation_importance is None:
+        if error_fn is None and (calibration is None or calibration.activation_importance is None):
             raise ValueError("method 'generic' needs activation importance; calibration has none")
         from actquant_core import native
 
         w = weights if weights is not None else adapter.canonical_weights()
-        err = weighted_error_fn({s.name: w[s.name] for s in specs}, calibration.activation_importance,
+        err = error_fn or weighted_error_fn({s.name: w[s.name] for s in specs}, calibration.activation_importance,
                                 lambda W, t, imp: native.quantize(W, t, imp, n_threads=n_threads),
                                 native.dequantize)
         part = plan_error_driven(specs, ac, err)
@@ -479,6 +487,13 @@ def export_reference(adapter: PolicyAdapter, path: str | os.PathLike[str], ggml_
 # ----------------------------------------------------------------------------------------------------
 # the pipeline
 # ----------------------------------------------------------------------------------------------------
+
+
+def needed_statistics(method: str) -> dict[str, bool]:
+    """Which calibration statistics ``method`` uses: {"hsic", "activation", "fisher"} -> bool."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    return {"hsic": method in _NEEDS_HSIC, "activation": method in _NEEDS_ACTIVATION, "fisher": method in _NEEDS_FISHER}
 
 
 def _zero_scores(table: Sequence[TensorInfo]) -> Any:
@@ -584,18 +599,40 @@ def quantize_policy(
         calibration.fisher, calibration.fisher_batches, calibration.fisher_losses = fisher, nb, losses
         seconds["fisher"] = secs
 
-    # ---- quantize (GGML, per-row importance), refine
+    return apply_plan(adapter, the_plan, weights, calibration, out_path, cfg, source=source, seconds=seconds,
+                      t_start=t_start)
+
+
+def apply_plan(
+    adapter: PolicyAdapter,
+    plan: QuantPlan,
+    weights: Mapping[str, np.ndarray],
+    calibration: CalibrationResult,
+    out_path: str | os.PathLike[str],
+    cfg: PipelineConfig,
+    *,
+    source: str = "",
+    seconds: dict[str, float] | None = None,
+    t_start: float | None = None,
+) -> QuantizeResult:
+    """Quantize ``weights`` as ``plan`` says (GGML, per-row importance from ``calibration``), refine,
+    write the GGUF, the plan YAML and the report.  ``calibration`` must hold every importance the plan
+    names (``activation_importance`` / ``fisher``)."""
     from actquant_core import native
 
+    t_start = time.perf_counter() if t_start is None else t_start
+    seconds = dict(seconds or {})
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     quantized = quantize_with_plan(
-        the_plan, weights, lambda W, t, imp: (b"" if t in ("F32", "F16") else native.quantize(W, t, imp, n_threads=cfg.n_threads)),
+        plan, weights, lambda W, t, imp: (b"" if t in ("F32", "F16") else native.quantize(W, t, imp, n_threads=cfg.n_threads)),
         activation_importance=calibration.activation_importance, fisher=calibration.fisher)
     seconds["quantize"] = time.perf_counter() - t0
     refined: dict[str, tuple[float, float]] = {}
     if cfg.refine:
         t0 = time.perf_counter()
-        for e in the_plan.entries:
+        for e in plan.entries:
             if e.ggml_type in REFINE_TYPES and e.importance == "fisher":
                 W = np.asarray(weights[e.name], np.float32).reshape(-1, e.shape[-1])
                 r = refine_tensor(quantized[e.name][1], e.ggml_type, W, calibration.fisher[e.name].reshape(W.shape),
@@ -603,22 +640,20 @@ def quantize_policy(
                 quantized[e.name] = (e.ggml_type, r.data)
                 refined[e.name] = (r.error_before, r.error_after)
         seconds["refine"] = time.perf_counter() - t0
-
-    # ---- write
     t0 = time.perf_counter()
-    size = write_quantized_gguf(out_path, adapter, the_plan, weights, quantized, source=source)
+    size = write_quantized_gguf(out_path, adapter, plan, weights, quantized, source=source)
     plan_path, report_path = _side_paths(out_path)
-    the_plan.save(plan_path)
+    plan.save(plan_path)
     seconds["write"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start
-    result = QuantizeResult(plan=the_plan, gguf_path=out_path, plan_path=plan_path, report_path=None,
+    result = QuantizeResult(plan=plan, gguf_path=out_path, plan_path=plan_path, report_path=None,
                             file_size=size, seconds=seconds, calibration=calibration, refine=refined)
     if cfg.report:
         from .report import write_report
 
         result.report_path = write_report(report_path, result)
     log.info("quantized %s: %s, backbone %.4f bpw, whole %.4f bpw, %.1f MB in %.1f s", source or "model",
-             the_plan.method, the_plan.bpw_backbone, the_plan.bpw_whole, size / 1e6, seconds["total"])
+             plan.method, plan.bpw_backbone, plan.bpw_whole, size / 1e6, seconds["total"])
     return result
 
 
@@ -649,6 +684,52 @@ class ActionError:
         return asdict(self)
 
 
+def runtime_actions(
+    gguf: str | os.PathLike[str],
+    frames: Sequence[CalibFrame],
+    *,
+    seed: int = 0,
+    n_threads: int | None = None,
+    device: str = "cpu",
+) -> tuple[np.ndarray, Any]:
+    """Normalised padded actions ``[N, H, action_dim]`` of ``gguf`` on ``frames`` through the native runtime.
+
+    Noise frame ``i`` = the ``i``-th draw of ``numpy.random.default_rng(seed)`` (same for every GGUF of
+    the same config).  Returns (actions, the runtime's preprocessor).
+    """
+    from actquant_core.runtime.pi05 import Pi05Runtime
+
+    if not frames:
+        raise ValueError("evaluation set is empty")
+    rt = Pi05Runtime(gguf, n_threads=n_threads, device=device)
+    c = rt.config
+    rng = np.random.default_rng(seed)
+    out = []
+    for f in frames:
+        inp = rt.preprocessor({k: v for k, v in f.images.items() if k in c.camera_slots}, f.state, f.instruction)
+        noise = rng.standard_normal((c.action_horizon, c.action_dim)).astype(np.float32)
+        a, _, _ = rt.infer_model_inputs(inp, noise)
+        out.append(np.asarray(a, np.float32))
+    return np.stack(out), rt.preprocessor
+
+
+def compare_actions(A_q: np.ndarray, A_ref: np.ndarray, preprocessor: Any, action_dims: int) -> ActionError:
+    """:class:`ActionError` of actions ``[N, H, action_dim]`` (normalised space) over the first ``action_dims``."""
+    if A_q.shape != A_ref.shape:
+        raise ValueError(f"action arrays differ in shape: {A_q.shape} vs {A_ref.shape}")
+    d = int(action_dims)
+    Aq, Ar = A_q[..., :d].astype(np.float64), A_ref[..., :d].astype(np.float64)
+    if not np.isfinite(Aq).all():
+        raise FloatingPointError("quantized policy produced non-finite actions")
+    diff = Aq - Ar
+    den = float(np.square(Ar - Ar.mean(axis=(0, 1), keepdims=True)).sum())
+    rob_q = preprocessor.unnormalize_actions(Aq.astype(np.float32), d)
+    rob_r = preprocessor.unnormalize_actions(Ar.astype(np.float32), d)
+    return ActionError(l1=float(np.abs(diff).mean()), nmse=float(np.square(diff).sum() / max(den, 1e-30)),
+                       l1_robot=float(np.abs(rob_q - rob_r).mean()), max_abs=float(np.abs(diff).max()),
+                       n_frames=int(A_q.shape[0]))
+
+
 def evaluate_actions(
     gguf: str | os.PathLike[str],
     reference: str | os.PathLike[str],
@@ -663,35 +744,12 @@ def evaluate_actions(
 
     ``reference`` is a GGUF (typically :func:`export_reference`'s F32 file).
     """
-    from actquant_core.runtime.pi05 import Pi05Runtime
-
-    if not frames:
-        raise ValueError("evaluation set is empty")
-    q = Pi05Runtime(gguf, n_threads=n_threads, device=device)
-    r = Pi05Runtime(reference, n_threads=n_threads, device=device)
-    if q.config != r.config:
+    A_r, pre = runtime_actions(reference, frames, seed=seed, n_threads=n_threads, device=device)
+    A_q, pre_q = runtime_actions(gguf, frames, seed=seed, n_threads=n_threads, device=device)
+    if pre_q.config != pre.config:
         raise ValueError(f"{gguf} and {reference} hold different policy configs")
-    d = action_dims or (r.norm_stats.actions.dim if r.norm_stats is not None else frames[0].actions.shape[-1])
-    rng = np.random.default_rng(seed)
-    aq, ar = [], []
-    for f in frames:
-        known = {k: v for k, v in f.images.items() if k in r.config.camera_slots}
-        inp = r.preprocessor(known, f.state, f.instruction)
-        noise = rng.standard_normal((r.config.action_horizon, r.config.action_dim)).astype(np.float32)
-        a_ref, _, _ = r.infer_model_inputs(inp, noise)
-        a_q, _, _ = q.infer_model_inputs(inp, noise)
-        ar.append(np.asarray(a_ref)[..., :d])
-        aq.append(np.asarray(a_q)[..., :d])
-    A_r, A_q = np.stack(ar).astype(np.float64), np.stack(aq).astype(np.float64)
-    if not np.isfinite(A_q).all():
-        raise FloatingPointError(f"{gguf}: non-finite actions")
-    diff = A_q - A_r
-    den = float(np.square(A_r - A_r.mean(axis=(0, 1), keepdims=True)).sum())
-    rob_q = r.preprocessor.unnormalize_actions(A_q.astype(np.float32), d)
-    rob_r = r.preprocessor.unnormalize_actions(A_r.astype(np.float32), d)
-    return ActionError(l1=float(np.abs(diff).mean()), nmse=float(np.square(diff).sum() / max(den, 1e-30)),
-                       l1_robot=float(np.abs(rob_q - rob_r).mean()), max_abs=float(np.abs(diff).max()),
-                       n_frames=len(frames))
+    d = action_dims or (pre.norm_stats.actions.dim if pre.norm_stats is not None else frames[0].actions.shape[-1])
+    return compare_actions(A_q, A_r, pre, d)
 
 
 def frames_for_eval(calib: Any, horizon: int, n_frames: int, *, seed: int = 0, split: str = "holdout",

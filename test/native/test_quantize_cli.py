@@ -120,3 +120,21 @@ def test_cli_errors_are_clear(workdir, capsys):
     assert "below the cheapest feasible assignment" in capsys.readouterr().err
     assert _quantize(ckpt, data, root / "bad.gguf", "--split", "holdout", "--holdout-every", "9") == 1
     assert "calibration set is empty" in capsys.readouterr().err
+
+
+def test_refine_never_worse_and_runs(workdir):
+    from actquant_core.quant.calibrate import CalibConfig
+    from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
+    from actquant_core.quant.refine import RefineConfig
+
+    root, ckpt, data = workdir
+    cfg = PipelineConfig(method="fisher-only", bpw=4.5, menu=("Q2_K", "Q4_K"), refine=True, split="all", vision_type="Q8_0",
+                         calib_frames=4, report=False, n_threads=2,
+                         refine_config=RefineConfig(iterations=1, window=1, d_factors=(1.0,), device="cpu"),
+                         calib=CalibConfig(progress=False, device="cpu"))
+    res = quantize_policy(ckpt, data, out_path=root / "refined.gguf", config=cfg)
+    lm = [e.name for e in res.plan.entries if e.role == "linear"]
+    assert set(res.refine) == set(lm) and {res.plan.entry(n).ggml_type for n in lm} == {"Q4_K"}
+    assert all(after <= before for before, after in res.refine.values())
+    assert sum(b - a for b, a in res.refine.values()) > 0  # the wider search finds something
+    _run(root / "refined.gguf", small_config())

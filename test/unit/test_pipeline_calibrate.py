@@ -130,3 +130,24 @@ def test_rosbag_topic_mapping(tmp_path):
     np.testing.assert_array_equal(ep.state[:, 0], [0, 1, 2, 3])
     np.testing.assert_array_equal(ep.action[:, 0], [1, 2, 3, 3])  # next joint state, last repeated
     assert ep.images["base_0_rgb"].shape == (4, 8, 8, 3)
+
+
+def test_policy_targets_use_the_policys_own_actions_and_no_sampling_activations(tiny):
+    frames = sample_frames(_episodes(), tiny.config.action_horizon, 3, seed=0)
+    name = "ex.blk.0.ffn_down.weight"
+    seed = 5
+    res = calibrate(tiny, frames, CalibConfig(batch_size=3, progress=False, device="cpu", seed=seed, targets="policy"),
+                    importance_targets=[name])
+    # manual: actions = the policy's sampled chunk, then one flow-matching forward; only that forward counts
+    batch = tiny.prepare_batch(frames, torch.device("cpu"))
+    batch["actions"] = tiny.policy_actions(batch, torch.Generator().manual_seed(seed + 2))
+    assert not torch.allclose(batch["actions"], tiny.prepare_batch(frames, torch.device("cpu"))["actions"])
+    tiny.add_loss_randomness(batch, torch.Generator().manual_seed(seed))
+    seen = []
+    h = tiny.model.expert.layers[0].down_proj.register_forward_hook(lambda m, i, o: seen.append(i[0].double()))
+    with torch.no_grad():
+        tiny.run_forward(batch, torch.Generator())
+    h.remove()
+    (x,) = seen
+    want = (x.reshape(-1, x.shape[-1]) ** 2).mean(0).numpy()
+    np.testing.assert_allclose(res.activation_importance[name], want, rtol=TOL_POOL, atol=1e-7)

@@ -1,0 +1,195 @@
+"""Quantization table: every method x bpw on pi05-small -> action error vs full precision, size, time.
+
+    python bench/quant_table.py [--checkpoint TRAINED_DIR] [--calib DATASET] [--calib-frames 32]
+                                [--eval-frames 16] [--bpw 4,3.5,3,2.5,2.25] [--device cpu|cuda]
+                                [--out bench/results/quant_table.json]
+
+Policy: the trained folder given with ``--checkpoint`` (``actquant_core.train.pi05`` format), else
+``pi05-small`` with seeded random weights (``Pi05Model.init_random``) -- the JSON's ``meta.model`` says
+which.  Calibration data: ``--calib`` (LeRobot-style dataset / demos folder / bags), else a small set of
+simulated demonstrations generated into ``--work`` (``actquant_core.sim.demos``).  Calibration frames
+come from the calibration split, evaluation frames from the held-out episodes (``holdout_every``).
+
+Calibration action targets (``--targets``): the recorded chunks for a trained policy (paper), the
+policy's own sampled chunks for random weights (recorded actions carry no signal about a random policy).
+
+Statistics are computed once and shared by all rows (HSIC over every linear layer, activation
+importance of every hooked layer, Fisher of every 2-D tensor), so each row's ``quant_seconds`` is
+plan + GGML quantization + write; ``meta.calibration_seconds`` gives the shared stages.  Action error:
+the native runtime on the evaluation frames, identical noise for the F32 reference and each GGUF;
+``l1`` / ``nmse`` in normalised action space over the un-padded action dims.
+
+Rows: the six methods over the paper's scope (LM backbone allocated, vision fixed K-quant, expert F16)
+plus two "beyond the paper" ActQuant variants: ``actquant+inactive`` (last-LM-layer weights no action
+depends on get the cheapest type) and ``actquant/all`` (vision, projector, expert and heads allocated
+too; compare on ``bpw_whole``).  A row whose budget is below its method's cheapest type is recorded
+with ``status`` = the error message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("bench.quant_table")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BPW = (4.0, 3.5, 3.0, 2.5, 2.25)
+#: (row label, method, scope, inactive rule)
+VARIANTS = (
+    ("actquant", "actquant", "backbone", "allocate"),
+    ("rtn", "rtn", "backbone", "allocate"),
+    ("imatrix", "imatrix", "backbone", "allocate"),
+    ("generic", "generic", "backbone", "allocate"),
+    ("hsic-only", "hsic-only", "backbone", "allocate"),
+    ("fisher-only", "fisher-only", "backbone", "allocate"),
+    ("actquant+inactive", "actquant", "backbone", "cheapest"),
+    ("actquant/all", "actquant", "all", "allocate"),
+)
+
+
+def _demos(work: Path) -> Path:
+    """A small simulated dataset (2 goal tasks x 5 episodes, LeRobot-style only)."""
+    from actquant_core.sim.demos import DemoConfig, generate
+    from actquant_core.sim.tasks import suite_tasks
+
+    out = work / "demos"
+    if (out / "lerobot" / "meta" / "info.json").exists():
+        return out / "lerobot"
+    keys = tuple(t.key for t in suite_tasks("goal"))[:2]
+    generate(DemoConfig(out=out, suite="goal", episodes_per_task=5, workers=2, formats=("lerobot",), task_keys=keys))
+    return out / "lerobot"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=None, help="trained pi05 folder (default: pi05-small random weights)")
+    ap.add_argument("--calib", default=None, help="calibration dataset (default: generate simulated demos)")
+    ap.add_argument("--calib-frames", type=int, default=32)
+    ap.add_argument("--eval-frames", type=int, default=16)
+    ap.add_argument("--bpw", default=",".join(str(b) for b in DEFAULT_BPW))
+    ap.add_argument("--variants", default=",".join(v[0] for v in VARIANTS))
+    ap.add_argument("--device", default="cpu", help="torch device of calibration (default cpu)")
+    ap.add_argument("--threads", type=int, default=None, help="GGML threads (default: all CPUs of the process)")
+    ap.add_argument("--targets", choices=("auto", "data", "policy"), default="auto",
+                    help="calibration action targets (auto: the policy's own actions for random weights, the "
+                         "recorded ones for a trained policy)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", type=Path, default=ROOT / "build" / "bench_quant")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quant_table.json")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    from actquant_core.quant.calibrate import CalibConfig, calibrate, calibrate_fisher, load_episodes, sample_frames
+    from actquant_core.quant.importance import weighted_error_fn
+    from actquant_core.quant.pipeline import (
+        PipelineConfig, apply_plan, build_plan, compare_actions, export_reference, load_policy, runtime_actions)
+    from actquant_core import native
+
+    t_all = time.perf_counter()
+    args.work.mkdir(parents=True, exist_ok=True)
+    ckpt = args.checkpoint or f"random:pi05-small:{args.seed}"
+    adapter = load_policy(ckpt)
+    cfg_model = adapter.config
+    calib_src = Path(args.calib) if args.calib else _demos(args.work)
+    H = cfg_model.action_horizon
+    frames = sample_frames(load_episodes(calib_src), H, args.calib_frames, seed=args.seed, split="calib")
+    eval_frames = sample_frames(load_episodes(calib_src), H, args.eval_frames, seed=args.seed + 1, split="holdout")
+    eval_split = "holdout"
+    if not eval_frames:
+        eval_frames = sample_frames(load_episodes(calib_src), H, args.eval_frames, seed=args.seed + 1, split="all")
+        eval_split = "all (no held-out episode)"
+    if adapter.norm_stats is None:
+        # random weights have no statistics: use the calibration set's, so normalised actions are O(1)
+        from actquant_core.policies.common.normalize import NormStats
+        from actquant_core.policies.pi05.preprocess import Pi05Preprocessor
+        from actquant_core.train.pi05 import quantile_stats
+
+        ns = NormStats(state=quantile_stats(np.stack([f.state for f in frames])),
+                       actions=quantile_stats(np.concatenate([f.actions for f in frames])))
+        adapter.norm_stats = ns
+        adapter.action_dims = ns.actions.dim
+        adapter.preprocessor = Pi05Preprocessor(cfg_model, adapter.tokenizer, ns)
+
+    targets = args.targets if args.targets != "auto" else ("data" if args.checkpoint else "policy")
+    calib_cfg = CalibConfig(batch_size=8, seed=args.seed, device=args.device, progress=False, targets=targets)
+    specs_all = [t.name for t in adapter.linear_targets()]
+    t0 = time.perf_counter()
+    cal = calibrate(adapter, frames, calib_cfg, hsic_targets=specs_all, importance_targets=specs_all)
+    quantizable = [t.name for t in adapter.tensor_table() if len(t.shape) >= 2 and t.group not in ("position",)]
+    t1 = time.perf_counter()
+    fisher, nb, losses, fisher_s = calibrate_fisher(adapter, frames, calib_cfg, quantizable)
+    cal.fisher, cal.fisher_batches, cal.fisher_losses = fisher, nb, losses
+    calib_seconds = {**cal.seconds, "fisher": fisher_s, "total": time.perf_counter() - t0}
+    weights = adapter.canonical_weights()
+    n_threads = args.threads
+    error_fn = weighted_error_fn(weights, cal.activation_importance,
+                                 lambda W, t, imp: native.quantize(W, t, imp, n_threads=n_threads), native.dequantize)
+
+    ref = export_reference(adapter, args.work / "reference-f32.gguf")
+    A_ref, pre = runtime_actions(ref, eval_frames, seed=args.seed, n_threads=n_threads)
+    rows = []
+    bpws = [float(b) for b in args.bpw.split(",")]
+    wanted = set(args.variants.split(","))
+    for label, method, scope, inactive in VARIANTS:
+        if label not in wanted:
+            continue
+        for bpw in bpws:
+            row = {"variant": label, "method": method, "scope": scope, "inactive": inactive, "bpw": bpw}
+            pc = PipelineConfig(method=method, bpw=bpw, scope=scope, inactive=inactive, report=False,
+                                n_threads=n_threads, calib=calib_cfg)
+            t0 = time.perf_counter()
+            try:
+                plan = build_plan(adapter, pc, cal, weights, n_threads, error_fn=error_fn if method == "generic" else None)
+            except ValueError as e:
+                row.update(status=str(e))
+                rows.append(row)
+                log.info("%s @ %.2f: %s", label, bpw, e)
+                continue
+            plan_s = time.perf_counter() - t0
+            out = args.work / f"{label.replace('/', '-')}-{bpw}.gguf"
+            res = apply_plan(adapter, plan, weights, cal, out, pc, source=ckpt)
+            A_q, _ = runtime_actions(out, eval_frames, seed=args.seed, n_threads=n_threads)
+            err = compare_actions(A_q, A_ref, pre, adapter.action_dims)
+            row.update(status="ok", bpw_backbone=plan.bpw_backbone, bpw_backbone_nominal=plan.bpw_backbone_nominal,
+                       bpw_whole=plan.bpw_whole, file_size=res.file_size,
+                       quant_seconds=plan_s + res.seconds["quantize"] + res.seconds["write"],
+                       type_counts=plan.summary()["type_counts"], **err.as_dict())
+            rows.append(row)
+            log.info("%s @ %.2f: backbone %.3f bpw, whole %.3f, l1 %.4g, nmse %.4g, %.1f MB", label, bpw,
+                     plan.bpw_backbone, plan.bpw_whole, err.l1, err.nmse, res.file_size / 1e6)
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": "pi05-small, trained" if args.checkpoint else
+                 "pi05-small with RANDOM weights (Pi05Model.init_random; no trained policy existed yet) -- "
+                 "errors measure quantization noise propagation, not task performance",
+        "checkpoint": ckpt, "params": int(sum(w.size for w in weights.values())),
+        "calib": str(calib_src), "calib_frames": len(frames), "eval_frames": len(eval_frames), "eval_split": eval_split,
+        "fisher_batches": nb, "targets": targets, "calibration_seconds": calib_seconds, "device": args.device,
+        "cpu": platform.processor() or platform.machine(), "cpus": len(os.sched_getaffinity(0)),
+        "reference_bytes": ref.stat().st_size, "seed": args.seed, "wall_seconds": time.perf_counter() - t_all,
+        "error_space": "normalised actions (quantile norm stats; the calibration set's for random weights), "
+                       "un-padded dims; nmse = sum sq err / sum sq deviation of the reference",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    from actquant_core.quant.report import write_comparison
+
+    write_comparison(args.work / "quant_table.md",
+                     [{**r, "method": r["variant"]} for r in rows if r.get("status") == "ok"],
+                     title=f"pi05-small ({'trained' if args.checkpoint else 'random weights'})")
+    log.info("wrote %s (%d rows) in %.0f s", args.out, len(rows), meta["wall_seconds"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
