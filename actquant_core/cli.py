@@ -25,6 +25,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from actquant_core import constants as C
+
 log = logging.getLogger("actquant.cli")
 
 __all__ = ["COMMAND_MODULES", "ENTRY_POINT_GROUP", "register", "build_parser", "main"]
@@ -37,7 +39,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "actquant_core.eval.sim",
 )
 #: importlib.metadata entry-point group of third-party subcommands (value: ``module:register``).
-ENTRY_POINT_GROUP = "actquant.commands"
+ENTRY_POINT_GROUP = C.CLI_ENTRY_POINT_GROUP
 
 Registrar = Callable[[argparse._SubParsersAction], None]
 _LOCAL: list[Registrar] = []
@@ -104,8 +106,6 @@ def _type_name(s: str) -> str:
 
 @register
 def _register_quantize(sub: argparse._SubParsersAction) -> None:
-    from actquant_core.quant.pipeline import METHODS
-
     p = sub.add_parser("quantize", help="calibrate, allocate and quantize a policy to a mixed-type GGUF",
                        description="Writes OUT.gguf, OUT.plan.yaml (re-appliable with --plan) and OUT.report.md/.png.")
     p.add_argument("--checkpoint", required=True,
@@ -113,10 +113,10 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
                         "random:PRESET[:SEED] (random weights)")
     _add_calib_args(p, "calib")
     p.add_argument("--bpw", type=float, default=3.0, help="bits per weight over the allocated tensors (default 3.0)")
-    p.add_argument("--method", choices=METHODS, default="actquant", help="quantization method (default actquant)")
+    p.add_argument("--method", choices=C.QUANT_METHODS, default="actquant", help="quantization method (default actquant)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output GGUF")
     p.add_argument("--plan", type=Path, default=None, help="re-apply this plan YAML instead of allocating")
-    p.add_argument("--scope", choices=("backbone", "all"), default="backbone",
+    p.add_argument("--scope", choices=C.QUANT_SCOPES, default="backbone",
                    help="allocate the LM backbone only (paper) or every linear layer (default backbone)")
     p.add_argument("--device", default=None, help="torch device for calibration: cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--menu", default=None, help="comma-separated GGML types the allocator may use (default: the paper's menu)")

@@ -617,3 +617,13 @@ ENV_CYCLONEDDS_URI = "CYCLONEDDS_URI"  # Cyclone DDS config (file:// URI or inli
 ENV_ROS_DOMAIN_ID = "ROS_DOMAIN_ID"  # DDS domain id shared with ROS 2
 ENV_TRANSPORT_BACKEND = "ACTQUANT_ROS_BACKEND"  # "auto" | "rclpy" | "dds": overrides make_node(backend="auto")
 CYCLONEDDS_LOOPBACK_CONFIG = "config/cyclonedds_loopback.xml"  # relative to the repository / share dir
+
+# ---------------------------------------------------------------------------------------------------
+# Quantization pipeline and the `actquant` CLI (quant/pipeline.py, quant/calibrate.py, cli.py)
+# ---------------------------------------------------------------------------------------------------
+QUANT_PLAN_SUFFIX = ".plan.yaml"  # OUT.gguf -> OUT.plan.yaml (re-appliable with --plan)
+QUANT_REPORT_SUFFIX = ".report.md"  # OUT.gguf -> OUT.report.md (+ OUT.report.<figure>.png)
+QUANT_RANDOM_CHECKPOINT_PREFIX = "random:"  # "random:<preset>[:seed]": seeded random weights (tests, benchmarks)
+CLI_ENTRY_POINT_GROUP = "actquant.commands"  # importlib.metadata group of `actquant` subcommand registrars
+QUANT_METHODS = ("actquant", "rtn", "imatrix", "generic", "hsic-only", "fisher-only")  # `actquant quantize --method`
+QUANT_SCOPES = ("backbone", "all")  # allocated tensors: LM backbone (paper) | every linear layer

@@ -57,16 +57,15 @@ VARIANTS = (
 )
 
 
-def _demos(work: Path) -> Path:
-    """A small simulated dataset (2 goal tasks x 5 episodes, LeRobot-style only)."""
+def _demos(work: Path, seed: int) -> Path:
+    """A small simulated dataset: every task of every suite, 2 episodes each, LeRobot-style only, layouts
+    from seed ``1000 + seed`` (not the training stream)."""
     from actquant_core.sim.demos import DemoConfig, generate
-    from actquant_core.sim.tasks import suite_tasks
 
-    out = work / "demos"
+    out = work / f"demos-{seed}"
     if (out / "lerobot" / "meta" / "info.json").exists():
         return out / "lerobot"
-    keys = tuple(t.key for t in suite_tasks("goal"))[:2]
-    generate(DemoConfig(out=out, suite="goal", episodes_per_task=5, workers=2, formats=("lerobot",), task_keys=keys))
+    generate(DemoConfig(out=out, suite="all", episodes_per_task=2, workers=2, formats=("lerobot",), seed=1000 + seed))
     return out / "lerobot"
 
 
@@ -100,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = args.checkpoint or f"random:pi05-small:{args.seed}"
     adapter = load_policy(ckpt)
     cfg_model = adapter.config
-    calib_src = Path(args.calib) if args.calib else _demos(args.work)
+    calib_src = Path(args.calib) if args.calib else _demos(args.work, args.seed)
     H = cfg_model.action_horizon
     frames = sample_frames(load_episodes(calib_src), H, args.calib_frames, seed=args.seed, split="calib")
     eval_frames = sample_frames(load_episodes(calib_src), H, args.eval_frames, seed=args.seed + 1, split="holdout")

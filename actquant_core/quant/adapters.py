@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from actquant_core.constants import QUANT_SCOPES
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -53,7 +55,7 @@ __all__ = [
 ]
 
 #: Allocation scopes: the paper's (LM backbone linear layers) or every linear layer ("beyond the paper").
-SCOPES = ("backbone", "all")
+SCOPES = QUANT_SCOPES
 #: Token pooling of per-layer activations: mean over valid tokens only, or over every token.
 POOLINGS = ("valid", "all")
 #: Tensor groups of the tensor table.

@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from actquant_core import constants as C
+
 from .adapters import SCOPES, PolicyAdapter, TensorInfo
 from .allocate import AllocConfig, TensorSpec, allocate
 from .calibrate import BagMapping, CalibConfig, CalibFrame, CalibrationResult, calibrate, calibrate_fisher, load_episodes, sample_frames
@@ -72,7 +74,7 @@ __all__ = [
     "ActionError",
 ]
 
-METHODS = ("actquant", "rtn", "imatrix", "generic", "hsic-only", "fisher-only")
+METHODS = C.QUANT_METHODS
 #: methods whose allocation needs HSIC scores / activation importance / Fisher importance
 _NEEDS_HSIC = ("actquant", "hsic-only")
 _NEEDS_ACTIVATION = ("imatrix", "generic", "hsic-only")
@@ -80,7 +82,7 @@ _NEEDS_FISHER = ("actquant", "fisher-only")
 #: uniform K-quants of the RTN baseline (GGML quantizes them without importance)
 K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 #: prefix of a random-weights "checkpoint": ``random:<preset>[:seed]``
-RANDOM_PREFIX = "random:"
+RANDOM_PREFIX = C.QUANT_RANDOM_CHECKPOINT_PREFIX
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -504,7 +506,7 @@ def _zero_scores(table: Sequence[TensorInfo]) -> Any:
 
 def _side_paths(out_path: Path) -> tuple[Path, Path]:
     stem = out_path.name[: -len(".gguf")] if out_path.name.endswith(".gguf") else out_path.name
-    return out_path.with_name(stem + ".plan.yaml"), out_path.with_name(stem + ".report.md")
+    return out_path.with_name(stem + C.QUANT_PLAN_SUFFIX), out_path.with_name(stem + C.QUANT_REPORT_SUFFIX)
 
 
 def quantize_policy(
