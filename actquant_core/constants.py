@@ -627,3 +627,25 @@ QUANT_RANDOM_CHECKPOINT_PREFIX = "random:"  # "random:<preset>[:seed]": seeded r
 CLI_ENTRY_POINT_GROUP = "actquant.commands"  # importlib.metadata group of `actquant` subcommand registrars
 QUANT_METHODS = ("actquant", "rtn", "imatrix", "generic", "hsic-only", "fisher-only")  # `actquant quantize --method`
 QUANT_SCOPES = ("backbone", "all")  # allocated tensors: LM backbone (paper) | every linear layer
+
+# ---------------------------------------------------------------------------------------------------
+# Online deployment (actquant_ros/policy_node.py, sim_camera_node.py, replay.py, runtime/recording.py)
+# ---------------------------------------------------------------------------------------------------
+POLICY_NODE_NAME = "policy_node"
+QUANTIZER_NODE_NAME = "quantizer_node"
+SIM_CAMERA_NODE_NAME = "sim_camera_node"
+ARM_KIND_RTDE = "rtde"  # policy_node `arm`: ur_rtde servoJ on robot_ip
+ARM_KIND_SIM = "sim"  # in-process MuJoCo SimArm (realtime)
+ARM_KIND_DRY_RUN = "dry_run"  # DryRunArm: commands recorded, never sent
+ARM_KINDS = (ARM_KIND_RTDE, ARM_KIND_SIM, ARM_KIND_DRY_RUN)
+JOINT_SOURCE_AUTO = "auto"  # policy_node `joint_state_source`: arm for rtde/sim, topic for dry_run
+JOINT_SOURCE_TOPIC = "topic"
+JOINT_SOURCE_ARM = "arm"
+JOINT_SOURCES = (JOINT_SOURCE_AUTO, JOINT_SOURCE_TOPIC, JOINT_SOURCE_ARM)
+TOPIC_POLICY_CONTROL = "~/control"  # std_msgs/String: "resume" | "hold" (operator commands)
+TOPIC_QUANT_PROGRESS = "~/progress"  # std_msgs/String: JSON progress lines of the quantizer node
+POLICY_CONTROL_RESUME = "resume"
+POLICY_CONTROL_HOLD = "hold"
+DIAG_POLICY = "actquant/policy"  # DiagnosticStatus names published by policy_node
+DIAG_CONTROL_LOOP = "actquant/control_loop"
+RECORDING_FORMAT = "actquant-recording/1"  # RecordingRuntime .npz file format tag
