@@ -603,8 +603,14 @@ class PolicyNode:
         return out
 
     def publish_diagnostics(self) -> None:
-        if self._diag_pub is not None:
-            self._diag_pub.publish(diagnostics_from_dict(self.diagnostics(), stamp_ns=self.node.now_ns()))
+        """Publish ``diagnostics()`` as a DiagnosticArray (no-op once the node is shut down)."""
+        if self._diag_pub is None or self.node.is_shutdown:
+            return
+        msg = diagnostics_from_dict(self.diagnostics(), stamp_ns=self.node.now_ns())
+        try:
+            self._diag_pub.publish(msg)
+        except RuntimeError as exc:  # the node shut down between the check and the publish
+            self._logger.debug("diagnostics not published: %s", exc)
 
 
 # ---------------------------------------------------------------------------------------------------
