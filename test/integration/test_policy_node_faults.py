@@ -29,7 +29,7 @@ from actquant_ros import msgs as M  # noqa: E402
 from actquant_ros.policy_node import PolicyNode, PolicyNodeConfig  # noqa: E402
 from actquant_ros.transport import QOS_DEFAULT, QOS_SENSOR_DATA, make_node  # noqa: E402
 
-DOMAIN = 200 + os.getpid() % 50
+DOMAIN = 200 + os.getpid() % 30
 RATE_HZ = 125.0
 PERIOD_S = 1.0 / RATE_HZ
 WAIT_S = 10.0
