@@ -45,6 +45,7 @@ from actquant_core.data.rosbag_io import (
     KIND_INSTRUCTION,
     KIND_JOINT_STATE,
     TopicMap,
+    bag_topics,
     iter_bag_raw,
     read_bag,
 )
@@ -361,6 +362,8 @@ def republish_bag(bag: str | Path, rate: float = 1.0, topics: Sequence[str] | No
 
     Only the project's message types are republished (Image, CompressedImage, JointState, String,
     JointTrajectory, DiagnosticArray); images go out with sensor-data QoS, the rest with the ROS default.
+    All publishers are created first; then up to ``wait_for_subscribers_s`` is spent waiting until each
+    has a matched subscription, and the pacing clock starts with the first message.
     Returns the number of messages published.
     """
     from actquant_ros import msgs as M
@@ -376,20 +379,20 @@ def republish_bag(bag: str | Path, rate: float = 1.0, topics: Sequence[str] | No
     pubs: dict[str, Any] = {}
     n = 0
     try:
+        for topic, msgtype in bag_topics(bag).items():  # every publisher first, then one discovery wait
+            if msgtype not in types or (topics is not None and topic not in topics):
+                continue
+            qos = QOS_SENSOR_DATA if msgtype in (C.ROS_TYPE_IMAGE, C.ROS_TYPE_COMPRESSED_IMAGE) else QOS_DEFAULT
+            pubs[topic] = node.create_publisher(types[msgtype], topic, qos)
+            if not hasattr(pubs[topic], "publish_cdr"):
+                raise RuntimeError(f"republishing raw CDR needs the DDS backend; node {node.name!r} is {node.backend}")
+        deadline = time.monotonic() + wait_for_subscribers_s
+        while time.monotonic() < deadline and not all(p.subscription_count() for p in pubs.values()):
+            time.sleep(0.01)
         t_bag0 = t_wall0 = None
-        for topic, msgtype, t_ns, cdr in iter_bag_raw(bag, topics):
+        for topic, _msgtype, t_ns, cdr in iter_bag_raw(bag, list(pubs)):
             if stop is not None and stop.is_set():
                 break
-            if msgtype not in types:
-                continue
-            if topic not in pubs:
-                qos = QOS_SENSOR_DATA if msgtype in (C.ROS_TYPE_IMAGE, C.ROS_TYPE_COMPRESSED_IMAGE) else QOS_DEFAULT
-                pubs[topic] = node.create_publisher(types[msgtype], topic, qos)
-                if not hasattr(pubs[topic], "publish_cdr"):
-                    raise RuntimeError(f"republishing raw CDR needs the DDS backend; node {node.name!r} is {node.backend}")
-                deadline = time.monotonic() + wait_for_subscribers_s
-                while pubs[topic].subscription_count() == 0 and time.monotonic() < deadline:
-                    time.sleep(0.01)
             if t_bag0 is None:
                 t_bag0, t_wall0 = t_ns, time.monotonic()
             delay = t_wall0 + (t_ns - t_bag0) * 1e-9 / rate - time.monotonic()
