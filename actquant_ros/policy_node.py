@@ -157,6 +157,9 @@ class PolicyNodeConfig:
     lookahead_time_s: float = field(default=0.1, metadata=_p("servoJ lookahead, s", lambda v: _pos(v) and C.RTDE_LOOKAHEAD_MIN_S <= v <= C.RTDE_LOOKAHEAD_MAX_S,
                                                              f"in [{C.RTDE_LOOKAHEAD_MIN_S}, {C.RTDE_LOOKAHEAD_MAX_S}]"))
     gain: float = field(default=300.0, metadata=_p("servoJ gain", lambda v: _pos(v) and C.RTDE_GAIN_MIN <= v <= C.RTDE_GAIN_MAX, f"in [{C.RTDE_GAIN_MIN}, {C.RTDE_GAIN_MAX}]"))
+    rtde_watchdog_hz: float = field(default=10.0, metadata=_p(
+        "RTDE watchdog: the controller stops the program when the node's packages come slower than this, Hz (0 = off)",
+        lambda v: v == 0 or (_pos(v) and 1 <= v <= 500), "0 or in [1, 500]"))
     gripper_output: int = field(default=-1, metadata=_p("standard digital output driving the gripper (-1 = no gripper IO)", lambda v: isinstance(v, int) and -1 <= v <= 7, "in [-1, 7]"))
     # -- run control ------------------------------------------------------------------------------
     autostart: bool = field(default=True, metadata=_p("configure and activate at start (false: stay unconfigured)", lambda v: isinstance(v, bool), "a bool"))
@@ -347,6 +350,8 @@ class PolicyNode:
             return SimArm(model=cfg.ur_type, control_rate_hz=cfg.rate_hz, realtime=True)
         return RtdeArm(RtdeArmConfig(robot_ip=cfg.robot_ip, ur_type=cfg.ur_type, frequency_hz=cfg.rate_hz,
                                      lookahead_time_s=cfg.lookahead_time_s, gain=cfg.gain,
+                                     use_watchdog=cfg.rtde_watchdog_hz > 0,
+                                     watchdog_min_frequency_hz=cfg.rtde_watchdog_hz or 10.0,
                                      gripper_output=None if cfg.gripper_output < 0 else cfg.gripper_output))
 
     def activate(self) -> None:
