@@ -175,3 +175,17 @@ def test_node_subprocess_chunks_and_diagnostics(tiny_gguf, tmp_path):
     assert int(lv["commands_sent"]) > 0 and lv["arm"] == C.ARM_KIND_DRY_RUN
     assert "queue_depth" in lv and "period_ms.p99" in lv
     assert not math.isnan(float(lv["period_ms.p50"]))
+
+
+def test_online_modules_import_no_torch():
+    """The node, replay, camera publisher and runtime wrappers stay torch-free; core stays ROS-free."""
+    code = ("import sys\n"
+            "import actquant_ros.policy_node, actquant_ros.replay, actquant_ros.sim_camera_node\n"
+            "import actquant_core.runtime.recording, actquant_core.sim.ursim.camera_publisher\n"
+            "print(sorted(m for m in ('torch', 'mujoco') if m in sys.modules))\n")
+    r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60, cwd=str(ROOT), env=subprocess_env(DOMAIN))
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+    code = ("import sys\nimport actquant_core.runtime.recording, actquant_core.sim.ursim.camera_publisher\n"
+            "print(sorted(m for m in ('cyclonedds', 'rclpy', 'actquant_ros') if m in sys.modules))\n")
+    r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60, cwd=str(ROOT), env=subprocess_env(DOMAIN))
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
