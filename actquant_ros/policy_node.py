@@ -162,6 +162,10 @@ class PolicyNodeConfig:
         lambda v: v == 0 or (_pos(v) and 1 <= v <= 500), "0 or in [1, 500]"))
     gripper_output: int = field(default=-1, metadata=_p("standard digital output driving the gripper (-1 = no gripper IO)", lambda v: isinstance(v, int) and -1 <= v <= 7, "in [-1, 7]"))
     # -- run control ------------------------------------------------------------------------------
+    record_path: str = field(default="", metadata=_p(
+        "record every policy call (inputs, actions, latency) with RecordingRuntime and save it here (.npz) at cleanup ('' = off)",
+        lambda v: isinstance(v, str), "a path or ''"))
+    record_images: bool = field(default=False, metadata=_p("with record_path: also store the input images (large)", lambda v: isinstance(v, bool), "a bool"))
     autostart: bool = field(default=True, metadata=_p("configure and activate at start (false: stay unconfigured)", lambda v: isinstance(v, bool), "a bool"))
     run_duration_s: float = field(default=0.0, metadata=_p("shut down after this long, s (0 = run until stopped; for demos and tests)", _nonneg, ">= 0"))
 
@@ -316,6 +320,10 @@ class PolicyNode:
                 if cfg.threads:
                     kw["n_threads"] = cfg.threads
                 self.runtime = load_runtime(cfg.policy_gguf, **kw)
+            if cfg.record_path:
+                from actquant_core.runtime.recording import RecordingRuntime
+
+                self.runtime = RecordingRuntime(self.runtime, keep_images=cfg.record_images)
             slots = tuple(getattr(getattr(self.runtime, "config", None), "camera_slots", cfg.camera_slots))
             unknown = [s for s in cfg.camera_slots if s not in slots]
             if unknown:
@@ -400,6 +408,12 @@ class PolicyNode:
                     self.arm.disconnect()
                 except Exception:  # noqa: BLE001 (cleanup must finish)
                     self._logger.exception("arm disconnect failed")
+            if self.cfg.record_path and self.runtime is not None and hasattr(self.runtime, "save"):
+                try:
+                    path = self.runtime.save(self.cfg.record_path)
+                    self._logger.info("recorded %d policy calls to %s", len(self.runtime.calls), path)
+                except OSError as exc:
+                    self._logger.error("could not save the recording to %s: %s", self.cfg.record_path, exc)
             self.runtime = None
             self.state = "unconfigured" if self.state != "finalized" else self.state
 

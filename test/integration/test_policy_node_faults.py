@@ -23,7 +23,7 @@ use_loopback_config()
 
 from actquant_core import constants as C  # noqa: E402
 from actquant_core.robot import DryRunArm, DryRunConfig  # noqa: E402
-from actquant_core.runtime.recording import FaultyRuntime, RecordingRuntime  # noqa: E402
+from actquant_core.runtime.recording import FaultyRuntime, RecordingRuntime, load_recording  # noqa: E402
 from actquant_ros import convert as V  # noqa: E402
 from actquant_ros import msgs as M  # noqa: E402
 from actquant_ros.policy_node import PolicyNode, PolicyNodeConfig  # noqa: E402
@@ -107,9 +107,9 @@ def _assert_stopped_after(arm: DryRunArm, t_fault: float) -> None:
     assert not arm.moving
 
 
-def test_nominal_motion_and_clean_stop():
+def test_nominal_motion_and_clean_stop(tmp_path):
     rec = RecordingRuntime(StubRuntime())
-    with running_node(rec) as (pn, arm, _):
+    with running_node(rec, record_path=str(tmp_path / "calls.npz")) as (pn, arm, _):
         _wait(lambda: pn.stats.chunks_accepted >= 3, what="3 accepted chunks")
         assert pn.loop.fault is None
         q = np.array([r.cmd.q for r in arm.commands])
@@ -119,6 +119,9 @@ def test_nominal_motion_and_clean_stop():
         assert float(diag[C.DIAG_POLICY]["values"]["latency_p50_ms"]) > 0
     assert len(rec.calls) >= 3 and all(c.state.shape == (7,) for c in rec.calls)
     assert set(rec.calls[0].images) == set(C.SIM_CAMERAS)
+    saved = load_recording(tmp_path / "calls.npz")  # the node's own record_path wrapper, saved at cleanup
+    assert len(saved) >= len(rec.calls) - 1 and saved[0].images == {}  # record_images defaults to false
+    np.testing.assert_array_equal(saved[0].actions, rec.calls[0].actions)
     t_end = arm.stop_times[-1]
     assert all(r.time <= t_end for r in arm.commands) and not arm.moving  # every exit path stops the arm
 
