@@ -13,7 +13,6 @@ import time
 from contextlib import contextmanager
 
 import numpy as np
-import pytest
 
 from test_policy_node_support import START_Q, StubRuntime
 

@@ -8,7 +8,6 @@ node with them; here the replay and quantizer commands run to completion / param
 from __future__ import annotations
 
 import ast
-import json
 import subprocess
 import sys
 
