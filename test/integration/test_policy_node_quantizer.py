@@ -103,3 +103,50 @@ def test_progress_events(fail):
         assert "empty calibration set" in events[-1]["error"] and qn.error is not None
     else:
         assert events[-1]["summary"]["gguf"] == "/o/p.gguf" and qn.error is None
+
+
+def test_real_pipeline_through_launch_command(tmp_path):
+    """launch/quantize.launch.py's command, real pipeline (random pi05-tiny, generated calibration bag):
+    progress arrives over DDS, the GGUF + plan + report are written and the GGUF runs natively."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from test_policy_node_support import PYTHON, ROOT, START_Q, subprocess_env
+
+    sys.path.insert(0, str(ROOT / "launch"))
+    from actquant_launch_common import quantize_cmd
+
+    from actquant_core.runtime import load_runtime
+    from actquant_core.sim.episodes import Episode, write_bag
+
+    rng = np.random.default_rng(0)
+    t = 12
+    state = (np.array(START_Q + (0.5,)) + 0.05 * rng.standard_normal((t, 7))).astype(np.float32)
+    ep = Episode(instruction="pick the cube", images={c: rng.integers(0, 256, (t, 32, 32, 3), dtype=np.uint8) for c in C.SIM_CAMERAS},
+                 state=state, action=state.copy(), fps=10.0)
+    write_bag(tmp_path / "calib" / "episode_000000", ep, "mcap", chunk=4)
+    out = tmp_path / "out" / "tiny-q.gguf"
+    # pi05-tiny rows (32..128) are too short for K-quants: the cheapest feasible type is Q8_0 (8.5 bpw)
+    domain = DOMAIN + 1
+    listener = make_node("quant_listener", backend="dds", domain_id=domain, argv=[])
+    events = []
+    listener.create_subscription(String, "/quantizer_node/progress", lambda m: events.append(json.loads(m.data)), QOS_DEFAULT)
+    listener.spin_in_thread()
+    try:
+        cmd = quantize_cmd({"checkpoint": "random:pi05-tiny", "calib": str(tmp_path / "calib"), "out": str(out), "bpw": 9.0,
+                            "calib_frames": 8, "threads": 1}, python=PYTHON)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=subprocess_env(domain), cwd=str(ROOT))
+        deadline = time.monotonic() + WAIT_S
+        while not any(e["event"] == "done" for e in events) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        listener.shutdown()
+    assert r.returncode == 0, r.stderr[-3000:]
+    done = [e for e in events if e["event"] == "done"]
+    assert done and done[0]["summary"]["gguf"] == str(out) and done[0]["summary"]["bpw_backbone"] <= 9.0
+    assert any(e["event"] == "log" for e in events)
+    assert out.exists() and out.with_suffix("").with_suffix(".plan.yaml").exists()
+    rt = load_runtime(out, n_threads=1)
+    assert rt.config.camera_slots[0] == C.SIM_CAMERA_BASE
