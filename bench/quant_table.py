@@ -20,9 +20,11 @@ the native runtime on the evaluation frames, identical noise for the F32 referen
 ``l1`` / ``nmse`` in normalised action space over the un-padded action dims.
 
 Rows: the six methods over the paper's scope (LM backbone allocated, vision fixed K-quant, expert F16)
-plus two "beyond the paper" ActQuant variants: ``actquant+inactive`` (last-LM-layer weights no action
-depends on get the cheapest type) and ``actquant/all`` (vision, projector, expert and heads allocated
-too; compare on ``bpw_whole``).  A row whose budget is below its method's cheapest type is recorded
+plus "beyond the paper" ActQuant variants: ``actquant+inactive`` (last-LM-layer weights no action
+depends on get the cheapest type), ``actquant+floor`` (scores floored at half their positive mean, so
+no tensor with a clipped-to-zero sensitivity lands on IQ1_S), ``actquant/hsic_out_y`` (score
+``HSIC(out, Y)`` instead of the clipped sensitivity) and ``actquant/all`` (+floor) (vision, projector,
+expert and heads allocated too; compare those on ``bpw_whole``).  A row whose budget is below its method's cheapest type is recorded
 with ``status`` = the error message.
 """
 
@@ -44,16 +46,19 @@ log = logging.getLogger("bench.quant_table")
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BPW = (4.0, 3.5, 3.0, 2.5, 2.25)
-#: (row label, method, scope, inactive rule)
+#: (row label, method, PipelineConfig overrides)
 VARIANTS = (
-    ("actquant", "actquant", "backbone", "allocate"),
-    ("rtn", "rtn", "backbone", "allocate"),
-    ("imatrix", "imatrix", "backbone", "allocate"),
-    ("generic", "generic", "backbone", "allocate"),
-    ("hsic-only", "hsic-only", "backbone", "allocate"),
-    ("fisher-only", "fisher-only", "backbone", "allocate"),
-    ("actquant+inactive", "actquant", "backbone", "cheapest"),
-    ("actquant/all", "actquant", "all", "allocate"),
+    ("actquant", "actquant", {}),
+    ("rtn", "rtn", {}),
+    ("imatrix", "imatrix", {}),
+    ("generic", "generic", {}),
+    ("hsic-only", "hsic-only", {}),
+    ("fisher-only", "fisher-only", {}),
+    ("actquant+inactive", "actquant", {"inactive": "cheapest"}),
+    ("actquant+floor", "actquant", {"score_floor": 0.5}),
+    ("actquant/hsic_out_y", "actquant", {"score": "hsic_out_y"}),
+    ("actquant/all", "actquant", {"scope": "all"}),
+    ("actquant/all+floor", "actquant", {"scope": "all", "score_floor": 0.5}),
 )
 
 
@@ -139,13 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     bpws = [float(b) for b in args.bpw.split(",")]
     wanted = set(args.variants.split(","))
-    for label, method, scope, inactive in VARIANTS:
+    for label, method, overrides in VARIANTS:
         if label not in wanted:
             continue
         for bpw in bpws:
-            row = {"variant": label, "method": method, "scope": scope, "inactive": inactive, "bpw": bpw}
-            pc = PipelineConfig(method=method, bpw=bpw, scope=scope, inactive=inactive, report=False,
-                                n_threads=n_threads, calib=calib_cfg)
+            pc = PipelineConfig(method=method, bpw=bpw, report=False, n_threads=n_threads, calib=calib_cfg, **overrides)
+            row = {"variant": label, "method": method, "scope": pc.scope, "inactive": pc.inactive, "score": pc.score,
+                   "score_floor": pc.score_floor, "bpw": bpw}
             t0 = time.perf_counter()
             try:
                 plan = build_plan(adapter, pc, cal, weights, n_threads, error_fn=error_fn if method == "generic" else None)

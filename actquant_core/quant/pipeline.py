@@ -108,6 +108,12 @@ class PipelineConfig:
         inactive: "allocate" (paper: every allocated tensor competes for bits) or "cheapest" (method
             actquant only: tensors no action depends on -- ``adapter.inactive_tensors()`` -- get the
             cheapest eligible menu type and their bits go to the rest, same total budget).
+        score: allocation score of HSIC methods: "hsic" (what ``calib.hsic.score`` computed; paper:
+            the sensitivity ``max(F(out) - F(in), 0)``) or "hsic_out_y" (``HSIC(out, Y)``, never clipped),
+            both from the same HSIC terms.
+        score_floor: scores are raised to at least ``score_floor * mean(positive scores)`` (0 = paper):
+            a tensor whose clipped sensitivity is 0 otherwise lands on the cheapest type whatever its
+            quantization error.
         refine_config: refinement settings.
         calib_frames: frames sampled from the calibration source (seeded reservoir).
         split: episodes used: "calib" (not held out), "holdout" or "all".
@@ -128,6 +134,8 @@ class PipelineConfig:
     solver: str = "best"
     refine: bool = False
     inactive: str = "allocate"
+    score: str = "hsic"
+    score_floor: float = 0.0
     refine_config: RefineConfig = field(default_factory=RefineConfig)
     calib_frames: int = 256
     split: str = "calib"
@@ -150,6 +158,10 @@ class PipelineConfig:
             sort_menu((self.vision_type,))
         sort_menu((self.embedding_type,))
         sort_menu((self.keep_type,))
+        if self.score not in ("hsic", "hsic_out_y"):
+            raise ValueError(f"PipelineConfig.score={self.score!r}; expected 'hsic' or 'hsic_out_y'")
+        if not (math.isfinite(self.score_floor) and self.score_floor >= 0):
+            raise ValueError(f"PipelineConfig.score_floor must be finite and >= 0, got {self.score_floor}")
         if self.inactive not in ("allocate", "cheapest"):
             raise ValueError(f"PipelineConfig.inactive={self.inactive!r}; expected 'allocate' or 'cheapest'")
         if self.calib_frames < 1:
@@ -336,6 +348,25 @@ def _allocated_specs(table: Sequence[TensorInfo], scope: str, scores: Mapping[st
     return specs
 
 
+def _scores(calibration: CalibrationResult | None, cfg: PipelineConfig) -> dict[str, float] | None:
+    """Allocation scores from the HSIC result per ``cfg.score`` / ``cfg.score_floor``."""
+    if calibration is None or calibration.hsic is None:
+        return None
+    h = calibration.hsic
+    if cfg.score == "hsic_out_y":
+        missing = [n for n in h.scores if n not in h.terms]
+        if missing:
+            raise ValueError(f"score 'hsic_out_y' needs the HSIC terms; missing for {missing[:5]}")
+        scores = {n: max(float(h.terms[n].hsic_out_y), 0.0) for n in h.scores}
+    else:
+        scores = {n: max(float(v), 0.0) for n, v in h.scores.items()}
+    if cfg.score_floor > 0:
+        pos = [v for v in scores.values() if v > 0]
+        floor = cfg.score_floor * (sum(pos) / len(pos)) if pos else 0.0
+        scores = {n: max(v, floor) for n, v in scores.items()}
+    return scores
+
+
 def _actquant_part(adapter: PolicyAdapter, specs: list[TensorSpec], ac: AllocConfig, inactive: str) -> QuantPlan:
     """HSIC allocation (+ the "cheapest" rule for inactive tensors, see :class:`PipelineConfig`)."""
     from .allocate import eligibility_table
@@ -381,7 +412,7 @@ def build_plan(
     """
     table = adapter.tensor_table()
     hookable = {t.name for t in adapter.linear_targets()}
-    scores = calibration.hsic.scores if calibration is not None and calibration.hsic is not None else None
+    scores = _scores(calibration, cfg)
     if cfg.method in _NEEDS_HSIC and scores is None:
         raise ValueError(f"method {cfg.method!r} needs HSIC scores; calibration has none")
     specs = _allocated_specs(table, cfg.scope, scores)
@@ -416,7 +447,7 @@ def build_plan(
     allocated = {e.name: e for e in part.entries}
     entries = tuple(allocated[i.name] if i.name in allocated else fixed[i.name] for i in table)
     meta = dict(part.meta)
-    meta.update(scope=cfg.scope, vision_type=cfg.vision_type or _default_vision_type(cfg.bpw), family=adapter.family,
+    meta.update(score=cfg.score, score_floor=cfg.score_floor, scope=cfg.scope, vision_type=cfg.vision_type or _default_vision_type(cfg.bpw), family=adapter.family,
                 menu=list(cfg.menu))
     return QuantPlan(method=m, entries=entries, budget_bpw=float(cfg.bpw), objectives=dict(part.objectives), meta=meta)
 

@@ -65,12 +65,12 @@ def plot_type_heatmap(plan: QuantPlan, path: Path) -> Path | None:
     for (r, c), t in cells.items():
         grid[rows.index(r), cols.index(c)] = type_bpw(t)
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(cols), 1.0 + 0.28 * len(rows)))
-    im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=1.5, vmax=16.0)
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=1.5, vmax=8.5)  # F16/F32 saturate
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=7)
     ax.set_yticks(range(len(rows)), rows, fontsize=6)
     for (r, c), t in cells.items():
         ax.text(cols.index(c), rows.index(r), t, ha="center", va="center", fontsize=5, color="white")
-    fig.colorbar(im, ax=ax, label="bits per weight")
+    fig.colorbar(im, ax=ax, label="bits per weight", extend="max")
     ax.set_title(f"{plan.method}: types per layer (budget {plan.budget_bpw})", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -89,7 +89,7 @@ def plot_scores(plan: QuantPlan, path: Path) -> Path | None:
     import matplotlib.cm as cm
 
     fig, ax = plt.subplots(figsize=(max(6.0, 0.12 * len(es)), 3.5))
-    colors = [cm.viridis((type_bpw(e.ggml_type) - 1.5) / 14.5) for e in es]
+    colors = [cm.viridis(min(1.0, (type_bpw(e.ggml_type) - 1.5) / 7.0)) for e in es]
     ax.bar(range(len(es)), [e.score for e in es], color=colors)
     ax.set_xticks(range(len(es)), [e.name.replace(".weight", "") for e in es], rotation=90, fontsize=5)
     ax.set_ylabel("score")

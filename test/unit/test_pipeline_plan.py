@@ -125,3 +125,26 @@ def test_empty_calibration_set_in_quantize_policy(adapter, tmp_path):
     with pytest.raises(ValueError, match="calibration set is empty"):
         quantize_policy(adapter, [], 3.0, "actquant", tmp_path / "x.gguf",
                         config=PipelineConfig(split="all"))
+
+
+def test_score_floor_and_unclipped_score(adapter):
+    from actquant_core.quant.hsic import TensorHsic
+
+    cal = _fake_calibration(adapter)
+    lm = [e for e in _lm_names(adapter)]
+    zero = lm[:6]
+    for n in zero:
+        cal.hsic.scores[n] = 0.0  # clipped sensitivity
+    cal.hsic.terms.update({n: TensorHsic(0.1, 0.2, 0.1, 0.05 + i, 0.0, 0.0, cal.hsic.scores[n]) for i, n in enumerate(cal.hsic.scores)})
+    paper = build_plan(adapter, PipelineConfig(bpw=3.0), cal)
+    assert {paper.entry(n).ggml_type for n in zero} == {"IQ1_S"}
+    floored = build_plan(adapter, PipelineConfig(bpw=3.0, score_floor=0.5), cal)
+    mean_pos = np.mean([v for v in cal.hsic.scores.values() if v > 0])
+    assert all(floored.entry(n).score == pytest.approx(0.5 * mean_pos) for n in zero)
+    assert all(floored.entry(n).ggml_type != "IQ1_S" for n in zero) and floored.bpw_backbone <= 3.0 + 1e-9
+    out_y = build_plan(adapter, PipelineConfig(bpw=3.0, score="hsic_out_y"), cal)
+    assert out_y.entry(zero[0]).score == pytest.approx(cal.hsic.terms[zero[0]].hsic_out_y)
+
+
+def _lm_names(adapter):
+    return [t.name for t in adapter.tensor_table() if t.group == "backbone" and t.linear]
