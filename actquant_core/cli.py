@@ -127,6 +127,10 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inactive", choices=("allocate", "cheapest"), default="allocate",
                    help="tensors no action depends on (pi05: last LM layer's q/o/MLP): allocate like the others "
                         "(paper) or give them the cheapest type and spend the bits elsewhere (actquant only)")
+    p.add_argument("--score", choices=("hsic", "hsic_out_y"), default="hsic",
+                   help="allocation score: the HSIC sensitivity max(F(out) - F(in), 0) (paper) or HSIC(out, Y)")
+    p.add_argument("--score-floor", type=float, default=0.0,
+                   help="raise scores to at least this fraction of their positive mean (0 = paper)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration forward batch (default 8)")
     p.add_argument("--fisher-batches", type=int, default=None, help="cap on Fisher batches of 8 frames (default: all frames)")
     p.add_argument("--targets", choices=("data", "policy"), default="data",
@@ -154,7 +158,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                         hsic=HsicConfig(estimator=args.hsic_estimator, project_dim=args.hsic_project_dim,
                                         device=args.device))
     cfg = PipelineConfig(method=args.method, bpw=args.bpw, scope=args.scope, menu=menu, vision_type=args.vision_type,
-                         solver=args.solver, refine=args.refine, inactive=args.inactive, calib_frames=args.calib_frames,
+                         solver=args.solver, refine=args.refine, inactive=args.inactive, score=args.score,
+                         score_floor=args.score_floor, calib_frames=args.calib_frames,
                          split=args.split, holdout_every=args.holdout_every, seed=args.seed, calib=calib,
                          n_threads=args.threads, report=not args.no_report)
     res = quantize_policy(args.checkpoint, args.calib, out_path=args.output, plan=args.plan, config=cfg,
