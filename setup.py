@@ -64,7 +64,10 @@ setup(
             "actquant-ursim = actquant_core.sim.ursim.__main__:main",
             "policy_node = actquant_ros.policy_node:main",
             "quantizer_node = actquant_ros.quantizer_node:main",
-        ]
+            "sim_camera_node = actquant_ros.sim_camera_node:main",
+        ],
+        # `actquant` subcommands contributed by other packages (actquant_core.cli.ENTRY_POINT_GROUP)
+        "actquant.commands": ["replay = actquant_ros.replay:register"],
     },
     zip_safe=False,
 )

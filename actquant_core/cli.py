@@ -37,6 +37,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "actquant_core.eval.replay",
     "actquant_core.eval.libero",
     "actquant_core.eval.sim",
+    "actquant_core.sim.evaluate",
 )
 #: importlib.metadata entry-point group of third-party subcommands (value: ``module:register``).
 ENTRY_POINT_GROUP = C.CLI_ENTRY_POINT_GROUP

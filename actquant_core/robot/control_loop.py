@@ -37,7 +37,7 @@ import numpy as np
 from actquant_core import constants as C
 from actquant_core.robot.arm import Arm, ArmState, JointCommand
 from actquant_core.robot.clock import Clock, MonotonicClock
-from actquant_core.robot.errors import RecoveryRefused
+from actquant_core.robot.errors import ArmConnectionError, RecoveryRefused
 from actquant_core.robot.safety import Safety, SafetyEvent, SafetyViolation
 from actquant_core.robot.scheduler import ChunkScheduler
 from actquant_core.runtime.types import ActionChunk
@@ -361,6 +361,10 @@ class ControlLoop:
             self._ticks += 1
             try:
                 res = self._tick(now)
+            except ArmConnectionError as exc:  # the link to the controller is gone: an arm fault, not a bug
+                log.error("arm connection lost: %s", exc)
+                self._enter_fault(C.SAFETY_ARM_FAULT, now, f"{C.FAULT_DISCONNECTED}: {exc}")
+                res = TickResult(now, None, faulted=True)
             except Exception as exc:  # a bug or an arm exception: fail safe
                 log.exception("control tick raised")
                 self._enter_fault(C.SAFETY_EXCEPTION, now, repr(exc))

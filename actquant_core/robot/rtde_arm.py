@@ -485,8 +485,11 @@ class RtdeArm:
             c = self._c
             if c is None:
                 raise ArmConnectionError(f"RtdeArm for {cfg.robot_ip} is not connected")
-            ok = c.servoJ(q.tolist(), cfg.servo_velocity, cfg.servo_acceleration, self.period,
-                          cfg.lookahead_time_s, cfg.gain)
+            try:
+                ok = c.servoJ(q.tolist(), cfg.servo_velocity, cfg.servo_acceleration, self.period,
+                              cfg.lookahead_time_s, cfg.gain)
+            except RuntimeError as exc:  # ur_rtde's reconnect after a dropped link raises, e.g. a dashboard timeout
+                raise ArmConnectionError(f"connection to the UR controller at {cfg.robot_ip} lost: {exc}") from exc
             if not ok:
                 raise ArmFaultError(f"servoJ refused by the UR controller at {cfg.robot_ip} "
                                     f"(protective stop, e-stop or control script not running)")

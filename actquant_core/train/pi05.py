@@ -86,7 +86,8 @@ def quantile_stats(x: np.ndarray) -> FeatureStats:
 class FrameDataset:
     """All frames of a dataset in memory: uint8 images, tokens, normalised state and action chunks."""
 
-    def __init__(self, episodes, cfg: Pi05Config, tokenizer: SentencePieceTokenizer) -> None:
+    def __init__(self, episodes, cfg: Pi05Config, tokenizer: SentencePieceTokenizer,
+                 norm_stats: NormStats | None = None) -> None:
         imgs, states, chunks, instr = [], [], [], []
         H = cfg.action_horizon
         self.cameras: tuple[str, ...] | None = None
@@ -104,7 +105,8 @@ class FrameDataset:
         self.images = np.concatenate(imgs)
         state = np.concatenate(states).astype(np.float32)
         actions = np.concatenate(chunks).astype(np.float32)
-        self.norm_stats = NormStats(state=quantile_stats(state), actions=quantile_stats(actions.reshape(-1, ROBOT_DIMS)))
+        self.norm_stats = norm_stats or NormStats(
+            state=quantile_stats(state), actions=quantile_stats(actions.reshape(-1, ROBOT_DIMS)))
         pre = Pi05Preprocessor(cfg, tokenizer, self.norm_stats)
         self.actions = pre.normalize_actions(actions)  # [N, H, 32]
         toks, masks = [], []
@@ -197,7 +199,7 @@ def load_trained(path: str | Path) -> tuple[Pi05Config, Pi05Model, NormStats, Se
 
 
 def train(data: Path, out: Path, tc: TrainConfig, resume: bool = False, max_episodes: int | None = None,
-          state_dir: Path | None = None) -> dict:
+          state_dir: Path | None = None, init_from: Path | None = None) -> dict:
     from actquant_core.sim.episodes import read_lerobot
 
     torch.manual_seed(tc.seed)
@@ -209,14 +211,20 @@ def train(data: Path, out: Path, tc: TrainConfig, resume: bool = False, max_epis
     eps = list(read_lerobot(data))
     if max_episodes:
         eps = eps[:max_episodes]
-    ds = FrameDataset(eps, cfg, tokenizer)
+    init = load_trained(init_from) if init_from is not None else None
+    ds = FrameDataset(eps, cfg, tokenizer, norm_stats=init[2] if init else None)
     del eps
     load_s = time.time() - t_load
 
-    model = Pi05Model(cfg).to(device)
+    if init is not None:  # continue from a saved policy folder (weights and norm stats; optimizer restarts)
+        if init[0] != cfg:
+            raise ValueError(f"--init-from {init_from}: its config differs from preset {tc.preset!r}")
+        model = init[1].to(device)
+    else:
+        model = Pi05Model(cfg).to(device)
     with torch.no_grad():  # adaRMS kernels start at zero (openpi): identity modulation, open gates... as in openpi
         for name, p in model.named_parameters():
-            if ".dense." in name:
+            if ".dense." in name and init_from is None:
                 p.zero_()
     step0, history = 0, []
     state_dir = out if state_dir is None else state_dir
@@ -249,8 +257,11 @@ def train(data: Path, out: Path, tc: TrainConfig, resume: bool = False, max_epis
             g["lr"] = lr
         idx = rng.integers(0, len(ds), tc.batch_size)
         batch = make_batch(ds, idx, cfg, device)
+        # noise and t ~ Beta(1.5, 1) * 0.999 + 0.001 drawn on the training device (inverse CDF: u^(1/1.5))
+        noise = torch.randn(batch["actions"].shape, device=device)
+        t = torch.rand((len(idx),), device=device).pow(1.0 / 1.5) * 0.999 + 0.001
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = model.flow_matching_loss(batch, loss_action_dims=ROBOT_DIMS)
+            loss = model.flow_matching_loss(batch, noise=noise, t=t, loss_action_dims=ROBOT_DIMS)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -274,7 +285,7 @@ def train(data: Path, out: Path, tc: TrainConfig, resume: bool = False, max_epis
     log_data = {
         "train_config": asdict(tc), "steps": step, "frames": len(ds), "episodes_dir": str(data),
         "load_s": load_s, "train_s": train_s, "device": torch.cuda.get_device_name() if amp else "cpu",
-        "history": history, "params": final.num_parameters(),
+        "history": history, "params": final.num_parameters(), "init_from": str(init_from) if init_from else None,
     }
     save_trained(out, final, ds.norm_stats, tokenizer, log_data)
     log.info("saved %s (%d steps, %.0f s)", out, step, train_s)
@@ -293,10 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-episodes", type=int, default=None)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--state-dir", type=Path, default=None, help="where train_state.pt goes (default: --out)")
+    ap.add_argument("--init-from", type=Path, default=None, help="start from this trained policy folder's weights")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     tc = TrainConfig(preset=args.preset, batch_size=args.batch_size, lr=args.lr, minutes=args.minutes, seed=args.seed)
-    train(args.data, args.out, tc, resume=args.resume, max_episodes=args.max_episodes, state_dir=args.state_dir)
+    train(args.data, args.out, tc, resume=args.resume, max_episodes=args.max_episodes, state_dir=args.state_dir,
+          init_from=args.init_from)
     return 0
 
 
