@@ -161,6 +161,7 @@ class PolicyNodeConfig:
         "RTDE watchdog: the controller stops the program when the node's packages come slower than this, Hz (0 = off)",
         lambda v: v == 0 or (_pos(v) and 1 <= v <= 500), "0 or in [1, 500]"))
     gripper_output: int = field(default=-1, metadata=_p("standard digital output driving the gripper (-1 = no gripper IO)", lambda v: isinstance(v, int) and -1 <= v <= 7, "in [-1, 7]"))
+    gripper_open_is_high: bool = field(default=False, metadata=_p("gripper output polarity: true if a high output opens the gripper (the simulator and most UR tool grippers close on high)", lambda v: isinstance(v, bool), "a bool"))
     # -- run control ------------------------------------------------------------------------------
     record_path: str = field(default="", metadata=_p(
         "record every policy call (inputs, actions, latency) with RecordingRuntime and save it here (.npz) at cleanup ('' = off)",
@@ -360,7 +361,8 @@ class PolicyNode:
                                      lookahead_time_s=cfg.lookahead_time_s, gain=cfg.gain,
                                      use_watchdog=cfg.rtde_watchdog_hz > 0,
                                      watchdog_min_frequency_hz=cfg.rtde_watchdog_hz or 10.0,
-                                     gripper_output=None if cfg.gripper_output < 0 else cfg.gripper_output))
+                                     gripper_output=None if cfg.gripper_output < 0 else cfg.gripper_output,
+                                     gripper_open_is_high=cfg.gripper_open_is_high))
 
     def activate(self) -> None:
         """Connect the arm, start the control loop and the inference worker."""

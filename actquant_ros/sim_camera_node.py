@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         cfg = UrSimConfig(host=args.host, model=args.model, backend=args.backend, initial_q=tuple(args.initial_q),
-                          task=args.task, seed=args.seed, gripper_pin=args.gripper_pin,
+                          task=args.task, seed=args.seed, init_index=args.init_index, gripper_pin=args.gripper_pin,
                           pstop_unlock_delay_s=args.pstop_unlock_delay, rtde_port=args.rtde_port,
                           dashboard_port=args.dashboard_port, script_port=args.script_port)
     except ValueError as e:

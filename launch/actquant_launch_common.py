@@ -37,13 +37,18 @@ def policy_node_cmd(ur_type: str, params: Mapping[str, object], extra_params_fil
 
 
 def sim_camera_cmd(host: str, model: str, task: str = "", camera_rate_hz: float = 10.0, image_size: int = 224,
-                   instruction: str = "", exit_with_parent: bool = False, python: str = sys.executable) -> list[str]:
+                   instruction: str = "", exit_with_parent: bool = False, python: str = sys.executable,
+                   init_index: int = -1, ready_file: str = "") -> list[str]:
     """UR controller simulator (MuJoCo) + its cameras / instruction / joint states on DDS, one process."""
     cmd = [python, "-m", "actquant_ros.sim_camera_node", "--host", host, "--model", model, "--backend", "mujoco"]
     if task:
         cmd += ["--task", task]
     if exit_with_parent:
         cmd += ["--exit-with-parent"]
+    if init_index >= 0:
+        cmd += ["--init-index", str(int(init_index))]
+    if ready_file:
+        cmd += ["--ready-file", ready_file]
     params: dict[str, object] = {"camera_rate_hz": float(camera_rate_hz), "image_size": int(image_size)}
     if instruction:
         params["instruction"] = instruction

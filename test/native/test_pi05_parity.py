@@ -53,9 +53,9 @@ def tiny(tmp_path_factory):
     return cfg, model, path
 
 
-def _collect(cfg):
+def _collect(cfg, inp):
     return (
-        [f"vision_emb.{c}" for c in range(cfg.num_cameras)]
+        [f"vision_emb.{c}" for c in range(cfg.num_cameras) if inp.image_masks[0, c]]
         + ["prefix_emb"]
         + [f"prefix_{kv}.{i}" for kv in "kv" for i in range(cfg.lm_depth)]
         + [f"x_t.{s}" for s in range(cfg.num_steps)]
@@ -70,11 +70,17 @@ def test_stage_by_stage_f32(tiny, drop_slot):
     rt = Pi05Runtime(path, n_threads=2)
     inp, noise = _inputs(rt, cfg, drop_slot=drop_slot)
     assert bool(inp.image_masks[0, 2]) is (not drop_slot)
-    collect = _collect(cfg)
+    collect = _collect(cfg, inp)
     actions, timing, inter = rt.infer_model_inputs(inp, noise, collect)
     ref, rinter = _torch_ref(model, inp, noise)
+    # The native prefix holds the valid tokens only (masked cameras and padded text are dropped): compare the
+    # reference's valid rows.
+    valid = np.concatenate([np.repeat(inp.image_masks[0], cfg.num_patches), inp.token_masks[0]]).astype(bool)
+    assert not valid.all()
     for name in collect:
         r = rinter[name][0].numpy()
+        if name.startswith("prefix_"):
+            r = r[valid]
         assert inter[name].size == r.size, name
         err = _rel(inter[name].reshape(r.shape), r)
         assert err < TOL_F32, (name, err)
@@ -113,7 +119,9 @@ def test_quantized_matches_torch_with_dequantized_weights(tmp_path, wtype):
     inp, noise = _inputs(rt, cfg)
     actions, _, inter = rt.infer_model_inputs(inp, noise, ["prefix_k.0", f"velocity.{cfg.num_steps - 1}"])
     ref, rinter = _torch_ref(ref_model, inp, noise)
-    assert _rel(inter["prefix_k.0"].reshape(rinter["prefix_k.0"][0].shape), rinter["prefix_k.0"][0].numpy()) < TOL_QUANT
+    valid = np.concatenate([np.repeat(inp.image_masks[0], cfg.num_patches), inp.token_masks[0]]).astype(bool)
+    rk = rinter["prefix_k.0"][0].numpy()[valid]
+    assert _rel(inter["prefix_k.0"].reshape(rk.shape), rk) < TOL_QUANT
     assert _rel(actions, ref[0].numpy()) < TOL_QUANT
 
 
@@ -145,6 +153,12 @@ def test_observation_path_and_bad_inputs(tiny, tmp_path):
                      inp.token_masks[0].astype(np.uint8), noise, [])
     with pytest.raises(ValueError, match="unknown intermediate 'nope'"):
         rt.infer_model_inputs(inp, noise, ["nope"])
+    with pytest.raises(ValueError, match="unknown intermediate 'vision_emb.2'"):  # a masked slot is not computed
+        rt.infer_model_inputs(inp, noise, ["vision_emb.2"])
+    no_cams = inp.image_masks[0].astype(np.uint8) * 0
+    with pytest.raises(ValueError, match="every camera slot is masked"):
+        rt._rt.infer(inp.images[0], no_cams, inp.tokens[0].astype(np.int32), inp.token_masks[0].astype(np.uint8),
+                     noise, [])
 
     # A GGUF of another family, and one without a tokenizer.
     from actquant_core.gguf import TensorEntry, write_policy_gguf

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initial joint positions (rad)")
     p.add_argument("--task", default=None, help="task for the MuJoCo world (mujoco backend only)")
     p.add_argument("--seed", type=int, default=0, help="seed for the MuJoCo world")
+    p.add_argument("--init-index", type=int, default=-1,
+                   help="start from this saved init state of --task (arm at home pose); -1: seeded layout")
     p.add_argument("--gripper-pin", type=int, default=0, help="standard digital output driving the gripper")
     p.add_argument("--pstop-unlock-delay", type=float, default=5.0,
                    help="seconds after a protective stop before it can be unlocked (real robot: 5)")
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = UrSimConfig(
             host=args.host, model=args.model, backend=args.backend, initial_q=tuple(args.initial_q),
-            task=args.task, seed=args.seed, gripper_pin=args.gripper_pin,
+            task=args.task, seed=args.seed, init_index=args.init_index, gripper_pin=args.gripper_pin,
             pstop_unlock_delay_s=args.pstop_unlock_delay, rtde_port=args.rtde_port,
             dashboard_port=args.dashboard_port, script_port=args.script_port,
         )

@@ -114,7 +114,25 @@ class MujocoBackend:
             ) from e
         self._world = UR3World(model=cfg.model, task=cfg.task, seed=cfg.seed)
         self._gripper_cmd = 1.0
-        self.reset(np.asarray(cfg.initial_q, dtype=float))
+        if cfg.init_index >= 0 and self._world.task is not None:
+            from actquant_core.sim.tasks import load_init_states  # noqa: PLC0415
+
+            states = load_init_states(self._world.task)
+            if not 0 <= cfg.init_index < len(states):
+                raise ValueError(f"init_index {cfg.init_index} out of range: {len(states)} init states")
+            self._world.reset(states[cfg.init_index], objects=self._world.task.objects)
+            self.initial_q = np.asarray(self._world.home_q(), dtype=float)
+        else:
+            self.initial_q = np.asarray(cfg.initial_q, dtype=float)
+        self.reset(self.initial_q)
+
+    def task_success(self) -> bool | None:
+        """Whether the world's task predicate holds now (None without a task)."""
+        if self._world.task is None:
+            return None
+        from actquant_core.sim.tasks import task_success  # noqa: PLC0415
+
+        return bool(task_success(self._world, self._world.task))
 
     @property
     def q(self) -> np.ndarray:

@@ -109,6 +109,8 @@ class UrSimConfig:
             stopScript).
         task: task name handed to the MuJoCo world (None = empty table); ignored by "kinematic".
         seed: seed handed to the MuJoCo world.
+        init_index: saved evaluation init state of ``task`` to start from (-1: the world's seeded layout);
+            the arm then starts at the world's home pose instead of ``initial_q``.
     """
 
     host: str = "127.0.0.1"
@@ -126,6 +128,7 @@ class UrSimConfig:
     program_stop_decel: float = 10.0
     task: str | None = None
     seed: int = 0
+    init_index: int = -1
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:

@@ -364,7 +364,8 @@ class Controller:
         self.backend = backend
         self.dt = 1.0 / cfg.ur.rate_hz
         self.lock = threading.RLock()
-        q0 = np.asarray(cfg.initial_q, dtype=float)
+        # the plant may choose its start (a task init state starts at the world's home pose)
+        q0 = np.asarray(getattr(backend, "initial_q", cfg.initial_q), dtype=float)
         self.motion = JointMotion(cfg.ur, q0)
         self.int_in = [0] * N_REGISTERS
         self.dbl_in = [0.0] * N_REGISTERS

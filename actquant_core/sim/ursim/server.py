@@ -572,6 +572,10 @@ class UrSimServer:
             return ("actquant: reset" if ok else "actquant: refused (arm moving)"), None
         if verb == "state":
             return json.dumps(self.state()), None
+        if verb == "task_success":
+            fn = getattr(self.backend, "task_success", None)
+            ok = fn() if fn is not None else None
+            return f"actquant: task_success {'none' if ok is None else str(ok).lower()}", None
         if verb == "stats":
             return json.dumps(ctrl.stats()), None
         return f"actquant: unknown command {' '.join(words)!r}", None

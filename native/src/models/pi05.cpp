@@ -120,7 +120,7 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
     const auto & h = hp_;
     const GgufModel & m = *model_;
     const int C = h.n_cameras, S = h.image_size, p = h.patch_size, P = h.n_patches(), T = h.max_tokens;
-    const int Lp = h.prefix_len(), H = h.horizon, A = h.action_dim;
+    const int H = h.horizon, A = h.action_dim;
     const int vhd = h.v_width / h.v_heads;
     const std::set<std::string> want(collect.begin(), collect.end());
     auto keep = [&](const std::string & n) { return want.count(n) > 0; };
@@ -132,42 +132,43 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
     for (size_t i = 0, n = (size_t) C * 3 * S * S; i < n; ++i) {
         if (!std::isfinite(in.images[i])) throw Error("pi05: image data has a non-finite value at index " + std::to_string(i));
     }
-    // im2col: patches [C, P, 3*p*p], column index c*p*p + ky*p + kx, patches row-major (py, px).
-    const int g = S / p;
-    std::vector<float> patches((size_t) C * P * 3 * p * p);
+    // Padding is dropped before the graph: a masked camera's tokens and padded text tokens are keys nobody
+    // may attend to (mask value -2.38e38 -> weight exactly 0) and queries whose outputs nobody reads, so the
+    // valid rows are bit-for-bit the computation of the padded reference, with positions cumsum(valid) - 1 =
+    // 0..Lv-1. Prefix and suffix then need no attention mask at all.
+    std::vector<int> cams;
     for (int cam = 0; cam < C; ++cam)
-        for (int py = 0; py < g; ++py)
-            for (int px = 0; px < g; ++px) {
-                float * dst = patches.data() + ((size_t) cam * P + py * g + px) * 3 * p * p;
-                for (int c = 0; c < 3; ++c)
-                    for (int ky = 0; ky < p; ++ky)
-                        for (int kx = 0; kx < p; ++kx)
-                            dst[(c * p + ky) * p + kx] =
-                                in.images[(((size_t) cam * 3 + c) * S + py * p + ky) * S + px * p + kx];
-            }
-    // Prefix validity, positions (cumsum(valid) - 1) and masks.
-    std::vector<uint8_t> valid(Lp);
-    for (int cam = 0; cam < C; ++cam)
-        for (int j = 0; j < P; ++j) valid[cam * P + j] = in.image_mask[cam] ? 1 : 0;
+        if (in.image_mask[cam]) cams.push_back(cam);
+    if (cams.empty()) throw Error("pi05: every camera slot is masked; at least one image is required");
+    const int Cv = (int) cams.size();
+    std::vector<int32_t> toks;
     for (int j = 0; j < T; ++j) {
+        if (!in.token_mask[j]) continue;
         if (in.tokens[j] < 0 || in.tokens[j] >= h.vocab) {
             throw Error("pi05: token id " + std::to_string(in.tokens[j]) + " at position " + std::to_string(j) +
                         " is outside the vocabulary [0, " + std::to_string(h.vocab) + ")");
         }
-        valid[C * P + j] = in.token_mask[j] ? 1 : 0;
+        toks.push_back(in.tokens[j]);
     }
-    std::vector<int32_t> pos_prefix(Lp), pos_suffix(H);
-    int n_valid = 0;
-    for (int j = 0; j < Lp; ++j) {
-        n_valid += valid[j];
-        pos_prefix[j] = n_valid - 1;
-    }
-    for (int j = 0; j < H; ++j) pos_suffix[j] = n_valid + j;
-    std::vector<float> mask_prefix((size_t) Lp * Lp), mask_suffix((size_t) H * (Lp + H));
-    for (int q = 0; q < Lp; ++q)
-        for (int k = 0; k < Lp; ++k) mask_prefix[(size_t) q * Lp + k] = (valid[q] && valid[k]) ? 0.0f : h.mask_value;
-    for (int q = 0; q < H; ++q)
-        for (int k = 0; k < Lp + H; ++k) mask_suffix[(size_t) q * (Lp + H) + k] = (k >= Lp || valid[k]) ? 0.0f : h.mask_value;
+    if (toks.empty()) throw Error("pi05: the prompt has no valid token");
+    const int Tv = (int) toks.size();
+    const int Lv = Cv * P + Tv;  // valid prefix length
+    // im2col of the valid cameras: patches [Cv, P, 3*p*p], column c*p*p + ky*p + kx, patches row-major (py, px).
+    const int g = S / p;
+    std::vector<float> patches((size_t) Cv * P * 3 * p * p);
+    for (int ci = 0; ci < Cv; ++ci)
+        for (int py = 0; py < g; ++py)
+            for (int px = 0; px < g; ++px) {
+                float * dst = patches.data() + ((size_t) ci * P + py * g + px) * 3 * p * p;
+                for (int c = 0; c < 3; ++c)
+                    for (int ky = 0; ky < p; ++ky)
+                        for (int kx = 0; kx < p; ++kx)
+                            dst[(c * p + ky) * p + kx] =
+                                in.images[(((size_t) cams[ci] * 3 + c) * S + py * p + ky) * S + px * p + kx];
+            }
+    std::vector<int32_t> pos_prefix(Lv), pos_suffix(H);
+    for (int j = 0; j < Lv; ++j) pos_prefix[j] = j;
+    for (int j = 0; j < H; ++j) pos_suffix[j] = Lv + j;
     // Time embeddings (posemb_sincos in float64, then float32), one per Euler step.
     const double dt = -1.0 / h.num_steps;
     const int half = h.ex_width / 2;
@@ -188,24 +189,22 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
     GraphContext G(65536);
     ggml_context * ctx = G.ctx();
     ggml_cgraph * gf = G.graph();
-    ggml_tensor * in_patches = G.input("patches", {3LL * p * p, P, C});
-    ggml_tensor * in_tokens = G.input("tokens", {T}, GGML_TYPE_I32);
-    ggml_tensor * in_pos_prefix = G.input("pos_prefix", {Lp}, GGML_TYPE_I32);
+    ggml_tensor * in_patches = G.input("patches", {3LL * p * p, P, Cv});
+    ggml_tensor * in_tokens = G.input("tokens", {Tv}, GGML_TYPE_I32);
+    ggml_tensor * in_pos_prefix = G.input("pos_prefix", {Lv}, GGML_TYPE_I32);
     ggml_tensor * in_pos_suffix = G.input("pos_suffix", {H}, GGML_TYPE_I32);
-    ggml_tensor * in_mask_prefix = G.input("mask_prefix", {Lp, Lp});
-    ggml_tensor * in_mask_suffix = G.input("mask_suffix", {Lp + H, H});
     ggml_tensor * in_noise = G.input("noise", {A, H});
     ggml_tensor * in_temb = G.input("time_emb", {h.ex_width, h.num_steps});
 
-    // Vision: all cameras as one batch. x [v_width, P, C].
+    // Vision: the valid cameras as one batch. x [v_width, P, Cv].
     ggml_tensor * x = layer_linear(ctx, m.get("v.patch_embd.weight"), m.get("v.patch_embd.bias"), in_patches);
     x = ggml_add(ctx, x, m.get("v.position_embd.weight"));
     for (int i = 0; i < h.v_depth; ++i) {
         auto W = [&](const char * n) { return m.get(fmt_name("v.blk.%d.", i) + n); };
         ggml_tensor * hN = layer_norm(ctx, x, W("ln1.weight"), W("ln1.bias"), h.v_ln_eps);
-        ggml_tensor * q = ggml_reshape_4d(ctx, layer_linear(ctx, W("attn_q.weight"), W("attn_q.bias"), hN), vhd, h.v_heads, P, C);
-        ggml_tensor * k = ggml_reshape_4d(ctx, layer_linear(ctx, W("attn_k.weight"), W("attn_k.bias"), hN), vhd, h.v_heads, P, C);
-        ggml_tensor * v = ggml_reshape_4d(ctx, layer_linear(ctx, W("attn_v.weight"), W("attn_v.bias"), hN), vhd, h.v_heads, P, C);
+        ggml_tensor * q = ggml_reshape_4d(ctx, layer_linear(ctx, W("attn_q.weight"), W("attn_q.bias"), hN), vhd, h.v_heads, P, Cv);
+        ggml_tensor * k = ggml_reshape_4d(ctx, layer_linear(ctx, W("attn_k.weight"), W("attn_k.bias"), hN), vhd, h.v_heads, P, Cv);
+        ggml_tensor * v = ggml_reshape_4d(ctx, layer_linear(ctx, W("attn_v.weight"), W("attn_v.bias"), hN), vhd, h.v_heads, P, Cv);
         ggml_tensor * a = layer_attention(ctx, q, k, v, nullptr, 1.0f / std::sqrt((float) vhd));
         x = ggml_add(ctx, x, layer_linear(ctx, W("attn_out.weight"), W("attn_out.bias"), a));
         hN = layer_norm(ctx, x, W("ln2.weight"), W("ln2.bias"), h.v_ln_eps);
@@ -213,17 +212,17 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
         x = ggml_add(ctx, x, layer_linear(ctx, W("ffn_down.weight"), W("ffn_down.bias"), hN));
     }
     x = layer_norm(ctx, x, m.get("v.post_ln.weight"), m.get("v.post_ln.bias"), h.v_ln_eps);
-    ggml_tensor * img = layer_linear(ctx, m.get("mm.proj.weight"), m.get("mm.proj.bias"), x);  // [D, P, C]
-    for (int cam = 0; cam < C; ++cam) {
-        const std::string n = fmt_name("vision_emb.%d", cam);
-        if (keep(n)) layer_name(ctx, gf, ggml_view_2d(ctx, img, h.lm_width, P, img->nb[1], cam * img->nb[2]), true, "%s", n.c_str());
+    ggml_tensor * img = layer_linear(ctx, m.get("mm.proj.weight"), m.get("mm.proj.bias"), x);  // [D, P, Cv]
+    for (int ci = 0; ci < Cv; ++ci) {  // named by camera slot
+        const std::string n = fmt_name("vision_emb.%d", cams[ci]);
+        if (keep(n)) layer_name(ctx, gf, ggml_view_2d(ctx, img, h.lm_width, P, img->nb[1], ci * img->nb[2]), true, "%s", n.c_str());
     }
     layer_name(ctx, gf, img, false, "stage:vision");
     ggml_build_forward_expand(gf, img);
 
-    // Prefix embedding: image tokens (camera-major), then scaled token embeddings. [D, Lp]
+    // Prefix embedding: image tokens (camera-major), then scaled token embeddings, valid ones only. [D, Lv]
     ggml_tensor * txt = ggml_scale(ctx, ggml_get_rows(ctx, m.get("lm.token_embd.weight"), in_tokens), h.embed_scale);
-    ggml_tensor * xp = ggml_concat(ctx, ggml_reshape_2d(ctx, img, h.lm_width, (int64_t) P * C), txt, 1);
+    ggml_tensor * xp = ggml_concat(ctx, ggml_reshape_2d(ctx, img, h.lm_width, (int64_t) P * Cv), txt, 1);
     layer_name(ctx, gf, xp, keep("prefix_emb"), "prefix_emb");
 
     // Gemma prefix pass: K/V of every layer (the cache); the last layer needs no attention output.
@@ -232,15 +231,15 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
     for (int i = 0; i < h.depth; ++i) {
         auto W = [&](const char * n) { return m.get(fmt_name("lm.blk.%d.", i) + n); };
         ggml_tensor * hN = layer_rms_norm(ctx, xp, W("attn_norm.weight"), h.rms_eps);
-        ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_q.weight"), hN), h.head_dim, h.n_heads, Lp);
-        ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_k.weight"), hN), h.head_dim, h.n_kv_heads, Lp);
-        ggml_tensor * v = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_v.weight"), hN), h.head_dim, h.n_kv_heads, Lp);
+        ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_q.weight"), hN), h.head_dim, h.n_heads, Lv);
+        ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_k.weight"), hN), h.head_dim, h.n_kv_heads, Lv);
+        ggml_tensor * v = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_v.weight"), hN), h.head_dim, h.n_kv_heads, Lv);
         q = ggml_rope_ext(ctx, q, in_pos_prefix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
         k = ggml_rope_ext(ctx, k, in_pos_prefix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
         kc[i] = layer_name(ctx, gf, k, keep(fmt_name("prefix_k.%d", i)), "prefix_k.%d", i);
         vc[i] = layer_name(ctx, gf, v, keep(fmt_name("prefix_v.%d", i)), "prefix_v.%d", i);
         if (i == h.depth - 1) break;
-        ggml_tensor * a = layer_attention(ctx, q, k, v, in_mask_prefix, attn_scale);
+        ggml_tensor * a = layer_attention(ctx, q, k, v, nullptr, attn_scale);
         xp = ggml_add(ctx, xp, ggml_mul_mat(ctx, W("attn_output.weight"), a));
         hN = layer_rms_norm(ctx, xp, W("ffn_norm.weight"), h.rms_eps);
         hN = ggml_mul(ctx, layer_gelu_tanh(ctx, ggml_mul_mat(ctx, W("ffn_gate.weight"), hN)),
@@ -285,7 +284,7 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
             k = ggml_rope_ext(ctx, k, in_pos_suffix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
             ggml_tensor * ka = ggml_concat(ctx, kc[i], k, 2);
             ggml_tensor * va = ggml_concat(ctx, vc[i], v, 2);
-            ggml_tensor * a = layer_attention(ctx, q, ka, va, in_mask_suffix, attn_scale);
+            ggml_tensor * a = layer_attention(ctx, q, ka, va, nullptr, attn_scale);
             xs = ggml_add(ctx, xs, ggml_mul(ctx, ggml_mul_mat(ctx, W("attn_output.weight"), a), gate));
             hN = ada(E + "ffn_norm_ada", xs, cond, &gate);
             hN = ggml_mul(ctx, layer_gelu_tanh(ctx, ggml_mul_mat(ctx, W("ffn_gate.weight"), hN)),
@@ -305,11 +304,9 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
     auto t_alloc = clk::now();
     backend_->alloc(gf, G.max_nodes());
     tensor_set_f32(in_patches, patches.data(), patches.size());
-    ggml_backend_tensor_set(in_tokens, in.tokens, 0, sizeof(int32_t) * T);
-    ggml_backend_tensor_set(in_pos_prefix, pos_prefix.data(), 0, sizeof(int32_t) * Lp);
+    ggml_backend_tensor_set(in_tokens, toks.data(), 0, sizeof(int32_t) * Tv);
+    ggml_backend_tensor_set(in_pos_prefix, pos_prefix.data(), 0, sizeof(int32_t) * Lv);
     ggml_backend_tensor_set(in_pos_suffix, pos_suffix.data(), 0, sizeof(int32_t) * H);
-    tensor_set_f32(in_mask_prefix, mask_prefix.data(), mask_prefix.size());
-    tensor_set_f32(in_mask_suffix, mask_suffix.data(), mask_suffix.size());
     tensor_set_f32(in_noise, in.noise, (size_t) H * A);
     tensor_set_f32(in_temb, temb.data(), temb.size());
     const double alloc_ms = ms_since(t_alloc);
