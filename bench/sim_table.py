@@ -1,0 +1,92 @@
+"""Closed-loop table (the paper's LIBERO-style table on our simulated UR3 suite).
+
+For a trained policy: full precision (F16 GGUF) and every (method, bpw) requested are quantized through the
+same pipeline and exporter, then each GGUF runs the same episodes (saved init states 0..episodes-1 of every
+task) through the native runtime. Prints and saves bench/results/sim_table.json (success per suite and overall
+with Wilson 95 % intervals, bpw, file size, latency).
+
+    python bench/sim_table.py --checkpoint actquant_core/assets/policies/pi05-small-sim --calib DEMOS/lerobot \
+        --methods actquant,rtn,imatrix --bpw 4,3,2.5 --episodes 3 --workers 14
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+log = logging.getLogger("bench.sim_table")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", type=Path, default=Path("actquant_core/assets/policies/pi05-small-sim"))
+    ap.add_argument("--calib", type=Path, required=True, help="calibration dataset (LeRobot-style root)")
+    ap.add_argument("--methods", default="actquant,rtn,imatrix,generic")
+    ap.add_argument("--bpw", default="4,3.5,3,2.5,2.25")
+    ap.add_argument("--episodes", type=int, default=3, help="episodes per task")
+    ap.add_argument("--suite", default="all")
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    ap.add_argument("--calib-frames", type=int, default=128)
+    ap.add_argument("--work", type=Path, default=Path("build/sim_table"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sim_table.json")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    from actquant_core.export import default_type_for, export_pi05
+    from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
+    from actquant_core.sim.evaluate import EvalConfig, evaluate
+    from actquant_core.train.pi05 import load_trained
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    cfg, model, ns, tok = load_trained(args.checkpoint)
+    runs: list[dict] = []
+    fp = args.work / "fp16.gguf"
+    if not fp.exists():
+        export_pi05(model, fp, type_for=default_type_for("F16"), norm_stats=ns, tokenizer_model=tok.model_bytes)
+    runs.append({"method": "fp16", "bpw_target": 16.0, "gguf": fp, "quantize_s": 0.0})
+    for method in [m for m in args.methods.split(",") if m]:
+        for bpw in [float(b) for b in args.bpw.split(",") if b]:
+            out = args.work / f"{method}-{bpw:g}.gguf"
+            t0 = time.time()
+            res = quantize_policy(args.checkpoint, args.calib, bpw, method, out,
+                                  config=PipelineConfig(calib_frames=args.calib_frames, report=False))
+            runs.append({"method": method, "bpw_target": bpw, "gguf": out, "quantize_s": time.time() - t0,
+                         "bpw_backbone": res.plan.bpw_backbone, "bpw_whole": res.plan.bpw_whole})
+    table: list[dict] = []
+    result = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+        "checkpoint": str(args.checkpoint),
+        "episodes_per_task": args.episodes,
+        "suite": args.suite,
+        "rows": table,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for r in runs:
+        ev = evaluate(EvalConfig(gguf=str(r["gguf"]), suite=args.suite, episodes=args.episodes,
+                                 workers=args.workers, threads=1))
+        row = {k: (str(v) if isinstance(v, Path) else v) for k, v in r.items()}
+        row.update({
+            "file_mb": Path(r["gguf"]).stat().st_size / 1e6,
+            "overall": ev["overall"],
+            "per_suite": ev["per_suite"],
+            "per_task": {k: v["rate"] for k, v in ev["per_task"].items()},
+            "latency_ms": ev["latency_ms"],
+            "eval_wall_s": ev["wall_s"],
+        })
+        table.append(row)
+        o = ev["overall"]
+        print(f"{row['method']:10s} {row['bpw_target']:5.2f} bpw  success {o['success']:3d}/{o['episodes']:<3d} "
+              f"{100 * o['rate']:5.1f}%  [{100 * o['wilson95'][0]:4.1f}, {100 * o['wilson95'][1]:4.1f}]  "
+              f"{row['file_mb']:6.1f} MB", flush=True)
+        args.out.write_text(json.dumps(result, indent=1))  # after every row: a cut-off run keeps what it measured
+    print(f"saved {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
