@@ -43,8 +43,10 @@ test-all: build
 demo: build
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(PY) -m actquant_core.demo
 
+# CPU benchmarks (JSON into bench/results/); the quantization and closed-loop tables take long: see bench/*.py.
 bench: build
 	$(PY) bench/matmul.py
+	$(PY) bench/control_loop.py
 
 clean:
 	rm -rf build actquant_core/_native*.so

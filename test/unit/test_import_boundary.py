@@ -43,8 +43,9 @@ def test_core_loads_no_ros(module):
 
 
 def test_online_path_loads_no_torch():
-    mods = ["actquant_core.robot", "actquant_core.runtime", "actquant_core.data", "actquant_ros.transport",
-            "actquant_ros.convert", "actquant_ros.echo_node"]
+    mods = ["actquant_core.robot", "actquant_core.runtime", "actquant_core.runtime.pi05",
+            "actquant_core.runtime.openvla_oft", "actquant_core.sim.evaluate", "actquant_core.data",
+            "actquant_ros.transport", "actquant_ros.convert", "actquant_ros.echo_node", "actquant_ros.policy_node"]
     loaded = _loaded_after_import(mods)
     assert "actquant_ros.transport.dds_backend" not in loaded or "cyclonedds" in loaded  # sanity: real imports
     assert _offenders(loaded, TORCH_PREFIXES) == []
