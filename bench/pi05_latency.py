@@ -1,0 +1,144 @@
+"""π₀.₅ latency / size / memory: native GGML runtime per weight type vs our PyTorch reference, same process.
+
+Random weights of a preset (``pi05`` real size by default — needs ~10 GB RAM for the bf16 file, minutes to
+quantize on 2 cores), 2 cameras + 1 masked slot, a full prompt, 10 Euler steps. For each type: GGUF file size,
+peak RSS growth while loading + running, latency per chunk (median of --reps); torch fp32 (and bf16) latency
+of ``sample_actions`` on the same cores unless --no-torch. Prints and saves bench/results/pi05_latency.json.
+
+    python bench/pi05_latency.py --preset pi05-small --types f16,q8_0,q4_K,q3_K,q2_K --threads 2
+    python bench/pi05_latency.py --preset pi05 --types q4_K --no-torch          # real size, native only
+    python bench/pi05_latency.py --preset pi05-small --device cuda              # CUDA build on a GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def random_canonical(cfg, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random weights per canonical tensor (unit-gain linear layers, like Pi05Model.init_random), no torch model."""
+    from actquant_core.policies.pi05.canonical import canonical_shapes
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in canonical_shapes(cfg).items():
+        if len(shape) == 2 and "position_embd" not in name and "token_embd" not in name:
+            out[name] = (rng.standard_normal(shape, dtype=np.float32) / np.sqrt(shape[1])).astype(np.float32)
+        elif "norm" in name and len(shape) == 1 and name.startswith(("lm.", "v.")):
+            out[name] = (1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+        else:
+            out[name] = (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="pi05")
+    ap.add_argument("--types", default="bf16,q8_0,q4_K,q3_K,q2_K")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pi05_latency.json")
+    args = ap.parse_args()
+
+    from actquant_core.export import default_type_for, export_tensors
+    from actquant_core.policies.common.tokenizer import SentencePieceTokenizer
+    from actquant_core.policies.pi05.config import get_preset
+    from actquant_core.runtime.pi05 import Pi05Runtime
+    from actquant_core.runtime.types import Observation
+
+    cfg = get_preset(args.preset)
+    tok = SentencePieceTokenizer.small()
+    if cfg.vocab_size < tok.vocab_size:
+        raise SystemExit("preset vocabulary smaller than the bundled tokenizer")
+    rng = np.random.default_rng(0)
+    obs = Observation(
+        images={cfg.camera_slots[0]: rng.integers(0, 255, (224, 224, 3), dtype=np.uint8),
+                cfg.camera_slots[1]: rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)},
+        state=np.zeros(7, np.float32), instruction="put the red cube in the bowl and then open the drawer")
+    noise = rng.standard_normal((cfg.action_horizon, cfg.action_dim)).astype(np.float32)
+    tensors = random_canonical(cfg)
+    n_params = sum(v.size for v in tensors.values())
+    results: dict = {"preset": args.preset, "params": int(n_params), "threads": args.threads, "device": args.device,
+                     "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+                     "native": {}, "torch": {}}
+    with tempfile.TemporaryDirectory() as d:
+        for t in [x for x in args.types.split(",") if x]:
+            path = Path(d) / f"{t}.gguf"
+            t0 = time.perf_counter()
+            export_tensors(path, "pi05", cfg.to_dict(), tensors, default_type_for(t.upper()),
+                           tokenizer_model=tok.model_bytes, n_threads=args.threads)
+            write_s = time.perf_counter() - t0
+            gc.collect()
+            rss0 = rss_mb()
+            rt = Pi05Runtime(path, n_threads=args.threads, device=args.device)
+            chunk = rt.infer(obs, noise=noise)
+            times = []
+            for _ in range(args.reps):
+                t1 = time.perf_counter()
+                chunk = rt.infer(obs, noise=noise)
+                times.append(time.perf_counter() - t1)
+            rss1 = rss_mb()
+            results["native"][t] = {
+                "file_mb": path.stat().st_size / 1e6, "write_s": write_s, "latency_ms_p50": 1e3 * float(np.median(times)),
+                "latency_ms_min": 1e3 * float(np.min(times)), "stages_ms": chunk.timing_ms, "rss_growth_mb": rss1 - rss0,
+            }
+            print(f"native {t:6s} {results['native'][t]['file_mb']:8.1f} MB  {results['native'][t]['latency_ms_p50']:9.1f} ms/chunk"
+                  f"  (+{rss1 - rss0:.0f} MB RSS)", flush=True)
+            del rt
+            path.unlink()
+    if not args.no_torch:
+        import torch
+
+        from actquant_core.policies.pi05.canonical import model_from_canonical
+        from actquant_core.policies.pi05.preprocess import Pi05Preprocessor
+
+        torch.set_num_threads(args.threads)
+        pre = Pi05Preprocessor(cfg, tok, None)
+        inp = pre(obs.images, obs.state, obs.instruction)
+        for dtype in (torch.float32, torch.bfloat16):
+            model = model_from_canonical(cfg, tensors, dtype=dtype)
+            args_t = [torch.from_numpy(inp.images).to(dtype), torch.from_numpy(inp.image_masks), torch.from_numpy(inp.tokens),
+                      torch.from_numpy(inp.token_masks), torch.from_numpy(noise[None]).to(dtype)]
+            with torch.inference_mode():
+                model.sample_actions(*args_t)
+                times = []
+                for _ in range(max(1, args.reps // 2)):
+                    t1 = time.perf_counter()
+                    model.sample_actions(*args_t)
+                    times.append(time.perf_counter() - t1)
+            name = str(dtype).replace("torch.", "")
+            results["torch"][name] = {"latency_ms_p50": 1e3 * float(np.median(times))}
+            print(f"torch  {name:8s} {results['torch'][name]['latency_ms_p50']:9.1f} ms/chunk", flush=True)
+            del model
+        base = results["torch"]["float32"]["latency_ms_p50"]
+        results["speedup_vs_torch_fp32"] = {t: base / r["latency_ms_p50"] for t, r in results["native"].items()}
+        print("speed-up vs torch fp32: " + ", ".join(f"{t} {v:.1f}x" for t, v in results["speedup_vs_torch_fp32"].items()))
+    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(f"saved {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
