@@ -35,12 +35,15 @@ class TensorEntry:
         data: float array (any float dtype); 1-D tensors (norms, biases) must be F32/F16.
         type_name: GGML type ("F32", "F16", "BF16", "Q8_0", "Q4_K", "IQ2_XS", ...).
         importance: optional quantization importance, ``[cols]`` or ``[rows, cols]``.
+        raw: already-quantized GGML bytes of ``type_name`` (e.g. refined blocks); ``data`` then only gives the
+            shape (and is not quantized again).
     """
 
     name: str
     data: np.ndarray
     type_name: str = "F32"
     importance: np.ndarray | None = None
+    raw: bytes | None = None
 
 
 @dataclass
@@ -60,6 +63,14 @@ def encode_tensor(entry: TensorEntry, n_threads: int | None = None) -> tuple[np.
         raise ValueError(f"tensor {entry.name!r}: expected float data, got dtype {data.dtype}")
     if not np.all(np.isfinite(data)):
         raise ValueError(f"tensor {entry.name!r}: contains NaN or inf")
+    if entry.raw is not None:
+        from actquant_core.gguf.bpw import tensor_nbytes
+
+        want = tensor_nbytes(tuple(data.shape), t)
+        if len(entry.raw) != want:
+            raise ValueError(f"tensor {entry.name!r}: {len(entry.raw)} raw bytes, a {t} tensor of shape "
+                             f"{tuple(data.shape)} has {want}")
+        return np.frombuffer(entry.raw, dtype=np.uint8).reshape(*data.shape[:-1], -1), ggml_type(t)
     if t in _FLOAT_TYPES:
         return np.ascontiguousarray(data, dtype=_FLOAT_TYPES[t]), None
     if data.ndim < 2:

@@ -468,41 +468,22 @@ def write_quantized_gguf(
 ) -> int:
     """Write already-quantized tensors (GGML bytes, e.g. refined) with the policy metadata; returns bytes.
 
-    Same keys as ``actquant_core.gguf.writer.write_policy_gguf`` (which quantizes from floats itself and
-    so cannot take refined bytes); F32 / F16 tensors are written from ``weights``.
+    Goes through ``actquant_core.gguf.writer.write_policy_gguf`` (raw bytes per entry); F32 / F16 tensors
+    are written from ``weights``.
     """
-    from gguf import GGUFWriter
-
-    from actquant_core import constants as C
-    from actquant_core.gguf.bpw import ggml_type
+    from actquant_core.gguf.writer import TensorEntry, write_policy_gguf
 
     meta = adapter.gguf_metadata()
-    path = os.fspath(path)
-    w = GGUFWriter(path, arch=adapter.family)
-    w.add_string(C.KEY_FAMILY, adapter.family)
-    w.add_uint32(C.KEY_FORMAT_VERSION, C.FORMAT_VERSION)
-    w.add_string(C.KEY_CONFIG_JSON, json.dumps(meta["config"], sort_keys=True))
-    if meta.get("norm_stats") is not None:
-        w.add_string(C.KEY_NORM_STATS_JSON, json.dumps(meta["norm_stats"], sort_keys=True))
-    if meta.get("tokenizer_model"):
-        w.add_array(C.KEY_TOKENIZER_MODEL, bytes(meta["tokenizer_model"]))
-    w.add_string(C.KEY_QUANT_PLAN_SUMMARY, json.dumps(plan.summary(), sort_keys=True))
-    if source:
-        w.add_string(C.KEY_SOURCE, source)
+    entries = []
     for e in plan.entries:
         t, raw = quantized[e.name]
-        if t in ("F32", "F16"):
-            arr = np.ascontiguousarray(np.asarray(weights[e.name]), dtype=np.float32 if t == "F32" else np.float16)
-            if arr.shape != e.shape:
-                raise ValueError(f"{e.name}: weight shape {arr.shape} != plan shape {e.shape}")
-            w.add_tensor(e.name, arr)
-        else:
-            arr = np.frombuffer(raw, dtype=np.uint8).reshape(*e.shape[:-1], -1)
-            w.add_tensor(e.name, arr, raw_dtype=ggml_type(t))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+        arr = np.asarray(weights[e.name])
+        if tuple(arr.shape) != tuple(e.shape):
+            raise ValueError(f"{e.name}: weight shape {arr.shape} != plan shape {e.shape}")
+        entries.append(TensorEntry(e.name, arr, t, raw=None if t in ("F32", "F16") else raw))
+    write_policy_gguf(path, adapter.family, meta["config"], entries, norm_stats=meta.get("norm_stats"),
+                      tokenizer_model=meta.get("tokenizer_model") or None, plan_summary=plan.summary(),
+                      source=source)
     return os.path.getsize(path)
 
 
