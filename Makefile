@@ -9,6 +9,7 @@ export ACTQUANT_CACHE_DIR ?= $(CURDIR)/.cache
 # Debian packages: compiler + CMake for native/, venv, and offscreen GL for MuJoCo rendering.
 APT_PACKAGES := build-essential cmake python3-venv python3-dev libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libglib2.0-0
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: all sysdeps venv build test test-all demo bench clean distclean
 
@@ -41,7 +42,7 @@ test-all: build
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(PY) -m pytest -q -m "not hardware and not gpu" $(PYTEST_ARGS)
 
 demo: build
-	MUJOCO_GL=$${MUJOCO_GL:-egl} $(PY) -m actquant_core.demo
+	MUJOCO_GL=$${MUJOCO_GL:-egl} $(PY) -m actquant_ros.demo $(DEMO_ARGS)
 
 # CPU benchmarks (JSON into bench/results/); the quantization and closed-loop tables take long: see bench/*.py.
 bench: build
