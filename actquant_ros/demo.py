@@ -104,7 +104,10 @@ def run_episode(gguf: Path, task_key: str, init_index: int, host: str, work: Pat
                 "-p", f"policy_gguf:={gguf}", "-p", f"ur_type:={model}", "-p", "dry_run:=false",
                 "-p", "arm:=rtde", "-p", f"robot_ip:={host}", "-p", f"threads:={threads}",
                 "-p", "gripper_output:=0", "-p", "gripper_open_is_high:=false", "-p", "rtde_watchdog_hz:=2.0",
-                "-p", f"record_path:={rec}", "-p", "execution_horizon:=5"]
+                "-p", f"record_path:={rec}",
+                # a 2-core machine runs simulator, renderer and policy together: ~0.5 s per chunk, so execute 8 of
+                # the 10 actions per chunk (fewer boundary stalls) and allow slower joint data / chunk arrival
+                "-p", "execution_horizon:=8", "-p", "joint_timeout_s:=0.2", "-p", "watchdog_timeout_s:=3.0"]
     sim = node = None
     t_start = time.monotonic()
     limit_s = task.max_steps / 10.0
