@@ -63,20 +63,19 @@ def export_tensors(
     n_threads: int | None = None,
 ) -> WriteResult:
     """Writes canonical ``tensors`` with per-tensor types; returns the write result (bpw summary included)."""
-    entries = []
-    fallbacks = 0
-    for name, arr in tensors.items():
-        shape = tuple(int(d) for d in arr.shape)
-        t = type_for(name, shape).upper()
-        if not fits(t, shape):
-            raise ValueError(f"tensor {name!r} of shape {shape} cannot be stored as {t} (row length not a block multiple)")
-        imp = None if importance is None else importance.get(name)
-        entries.append(TensorEntry(name, arr, t, imp))
+    def entries():  # lazily: each float tensor is dropped once GGML has encoded it (real-size models)
+        for name, arr in tensors.items():
+            shape = tuple(int(d) for d in arr.shape)
+            t = type_for(name, shape).upper()
+            if not fits(t, shape):
+                raise ValueError(f"tensor {name!r} of shape {shape} cannot be stored as {t} (row length not a block multiple)")
+            yield TensorEntry(name, arr, t, None if importance is None else importance.get(name))
+
     res = write_policy_gguf(
-        path, family, config, entries, norm_stats=norm_stats, tokenizer_model=tokenizer_model,
+        path, family, config, entries(), norm_stats=norm_stats, tokenizer_model=tokenizer_model,
         plan_summary=plan_summary, source=source, n_threads=n_threads,
     )
-    log.info("exported %s (%d tensors, %d fallbacks, %.3f bpw)", path, len(entries), fallbacks, res.bpw.bpw)
+    log.info("exported %s (%d tensors, %.3f bpw)", path, len(res.tensors), res.bpw.bpw)
     return res
 
 

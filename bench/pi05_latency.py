@@ -20,6 +20,8 @@ import platform
 import resource
 import tempfile
 import time
+import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -33,20 +35,31 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def random_canonical(cfg, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random weights per canonical tensor (unit-gain linear layers, like Pi05Model.init_random), no torch model."""
-    from actquant_core.policies.pi05.canonical import canonical_shapes
+class RandomCanonical(Mapping):
+    """Random weights per canonical tensor (unit-gain linear layers, like Pi05Model.init_random), generated on
+    access from a per-name seed: a real-size model never has to sit in memory in float32."""
 
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, shape in canonical_shapes(cfg).items():
+    def __init__(self, cfg, seed: int = 0) -> None:
+        from actquant_core.policies.pi05.canonical import canonical_shapes
+
+        self.shapes = canonical_shapes(cfg)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        shape = self.shapes[name]
+        rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
+        x = rng.standard_normal(shape, dtype=np.float32)
         if len(shape) == 2 and "position_embd" not in name and "token_embd" not in name:
-            out[name] = (rng.standard_normal(shape, dtype=np.float32) / np.sqrt(shape[1])).astype(np.float32)
-        elif "norm" in name and len(shape) == 1 and name.startswith(("lm.", "v.")):
-            out[name] = (1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
-        else:
-            out[name] = (0.02 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
-    return out
+            return x / np.float32(np.sqrt(shape[1]))
+        if "norm" in name and len(shape) == 1 and name.startswith(("lm.", "v.")):
+            return 1.0 + np.float32(0.1) * x
+        return np.float32(0.02) * x
 
 
 def main() -> int:
@@ -76,8 +89,8 @@ def main() -> int:
                 cfg.camera_slots[1]: rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)},
         state=np.zeros(7, np.float32), instruction="put the red cube in the bowl and then open the drawer")
     noise = rng.standard_normal((cfg.action_horizon, cfg.action_dim)).astype(np.float32)
-    tensors = random_canonical(cfg)
-    n_params = sum(v.size for v in tensors.values())
+    tensors = RandomCanonical(cfg)
+    n_params = sum(int(np.prod(s)) for s in tensors.shapes.values())
     results: dict = {"preset": args.preset, "params": int(n_params), "threads": args.threads, "device": args.device,
                      "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
                      "native": {}, "torch": {}}
@@ -116,7 +129,7 @@ def main() -> int:
         pre = Pi05Preprocessor(cfg, tok, None)
         inp = pre(obs.images, obs.state, obs.instruction)
         for dtype in (torch.float32, torch.bfloat16):
-            model = model_from_canonical(cfg, tensors, dtype=dtype)
+            model = model_from_canonical(cfg, dict(tensors.items()), dtype=dtype)
             args_t = [torch.from_numpy(inp.images).to(dtype), torch.from_numpy(inp.image_masks), torch.from_numpy(inp.tokens),
                       torch.from_numpy(inp.token_masks), torch.from_numpy(noise[None]).to(dtype)]
             with torch.inference_mode():
