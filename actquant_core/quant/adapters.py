@@ -21,8 +21,8 @@ through a :class:`PolicyAdapter`:
 * ``canonical_weights()`` / ``fisher_to_canonical()`` -- name and layout conversions;
 * ``gguf_metadata()`` -- config, norm stats and tokenizer for the exporter.
 
-Only :class:`Pi05Adapter` exists now; :func:`make_adapter` dispatches by family so OpenVLA-OFT plugs in
-with its own class.  Pooling (ActQuant, Akbari et al. arXiv 2605.24011): π₀.₅ LM activations are
+:class:`Pi05Adapter` and :class:`OftAdapter` exist; :func:`make_adapter` dispatches by family.  OFT LM
+activations are mean-pooled over every (non-pad) token of the multimodal sequence.  Pooling (ActQuant, Akbari et al. arXiv 2605.24011): π₀.₅ LM activations are
 mean-pooled over the valid prefix tokens; vision activations over patches then over valid cameras;
 expert activations over the action tokens; per-sample vectors (adaRMS / time MLP inputs) as they are.
 """
@@ -51,6 +51,7 @@ __all__ = [
     "LinearTarget",
     "PolicyAdapter",
     "Pi05Adapter",
+    "OftAdapter",
     "make_adapter",
 ]
 
@@ -436,11 +437,281 @@ class Pi05Adapter(PolicyAdapter):
                 "tokenizer_model": getattr(self.tokenizer, "model_bytes", None)}
 
 
+# ----------------------------------------------------------------------------------------------------
+# OpenVLA-OFT
+# ----------------------------------------------------------------------------------------------------
+
+_OFT_LINEAR_GROUPS = (
+    # regex over canonical names -> (group, pool kind); POOL_PREFIX = every non-pad token of the LM sequence
+    (re.compile(r"^lm\.blk\.(\d+)\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$"), "backbone", POOL_PREFIX),
+    (re.compile(r"^v[ds]\.blk\.(\d+)\.(attn_qkv|attn_out|ffn_up|ffn_down)\.weight$"), "vision", POOL_PATCHES),
+    (re.compile(r"^v[ds]\.blk\.(\d+)\.(film_scale|film_shift)\.weight$"), "vision", POOL_SAMPLE),
+    (re.compile(r"^mm\.fc[123]\.weight$"), "projector", POOL_SUFFIX),
+    (re.compile(r"^proprio\.fc[12]\.weight$"), "projector", POOL_SAMPLE),
+    (re.compile(r"^head\.(fc1|fc2)\.weight$"), "head", POOL_SUFFIX),
+    (re.compile(r"^head\.blk\.(\d+)\.fc\.weight$"), "head", POOL_SUFFIX),
+)
+
+
+class OftAdapter(PolicyAdapter):
+    """OpenVLA-OFT (torch reference ``OftModel``) for the quantization pipeline.
+
+    Linear targets of the paper's scope: the Llama backbone's q, k, v, o, gate, up, down per layer.
+    X = the first decoder layer's (RMS-normed) input, hooked at ``layers.0.q_proj`` (the Llama layers hold
+    their norm as a bare parameter, so the normed input is the first hookable point), pooled over every
+    non-pad token; Y = the normalised action chunk ``[B, chunk * action_dims]``.  Fisher loss parts
+    ``{"action": L1 of the action head, "language": NLL of the discretised action tokens}``, alpha 0.5.
+    ``lm.output.weight`` (NLL only) is not part of the tensor table nor of the exported GGUF.
+
+    Args:
+        model: the reference ``OftModel`` (any device; eval mode is set).
+        norm_stats: ``OftNormStats`` or None (identity normalisation).
+        tokenizer: ``SentencePieceTokenizer`` the prompts are built with.
+        action_dims: un-padded action size (defaults to the norm stats' action dim, else the config's).
+        camera_map: calibration camera name -> OFT image slot (default: the simulator's base camera ->
+            ``image_slots[0]``, its wrist camera -> ``image_slots[1]``); frames already keyed by OFT slot
+            names pass through.
+    """
+
+    family = "openvla_oft"
+    fisher_alpha = 0.5
+    loss_names = ("action", "language")
+
+    def __init__(self, model: torch.nn.Module, norm_stats: Any, tokenizer: Any, action_dims: int | None = None,
+                 camera_map: Mapping[str, str] | None = None) -> None:
+        from actquant_core.constants import OFT_FAMILY, SIM_CAMERA_BASE, SIM_CAMERA_WRIST
+        from actquant_core.policies.openvla_oft.canonical import canonical_name_pairs
+        from actquant_core.policies.openvla_oft.preprocess import OftPreprocessor
+
+        super().__init__(model.eval())
+        self.family = OFT_FAMILY
+        self.config = c = model.config
+        self.norm_stats = norm_stats
+        self.tokenizer = tokenizer
+        if action_dims is None:
+            action_dims = norm_stats.action.dim if norm_stats is not None else c.action_dim
+        if not 0 < action_dims <= c.action_dim:
+            raise ValueError(f"action_dims={action_dims} must be in [1, {c.action_dim}]")
+        self.action_dims = int(action_dims)
+        if camera_map is None:
+            sim = (SIM_CAMERA_BASE, SIM_CAMERA_WRIST)
+            camera_map = {sim[i]: c.image_slots[i] for i in range(min(len(sim), c.num_images))}
+        bad = sorted(v for v in camera_map.values() if v not in c.image_slots)
+        if bad:
+            raise ValueError(f"camera_map targets {bad} are not image slots of the policy {list(c.image_slots)}")
+        self.camera_map = dict(camera_map)
+        self.preprocessor = OftPreprocessor(c, tokenizer, norm_stats)
+        self._pairs = canonical_name_pairs(c, include_lm_head=False)
+        self._internal = {n: (p, t) for n, p, t in self._pairs}
+        self._all_internal = {n: (p, t) for n, p, t in canonical_name_pairs(c, include_lm_head=True)}
+
+    @property
+    def action_horizon(self) -> int:
+        """Actions per calibration chunk (the OFT chunk)."""
+        return int(self.config.chunk)
+
+    # --- tensors -----------------------------------------------------------------------------------
+    def tensor_table(self) -> list[TensorInfo]:
+        from actquant_core.policies.openvla_oft.canonical import canonical_shapes
+
+        shapes = canonical_shapes(self.config, include_lm_head=False)
+        out = []
+        for name, _, _ in self._pairs:
+            shape = tuple(shapes[name])
+            group, layer, linear = self._classify(name, shape)
+            out.append(TensorInfo(name, shape, group, layer, linear))
+        return out
+
+    @staticmethod
+    def _classify(name: str, shape: tuple[int, ...]) -> tuple[str, int | None, bool]:
+        from actquant_core.constants import OFT_KEEP_F32
+
+        for rx, group, _ in _OFT_LINEAR_GROUPS:
+            m = rx.match(name)
+            if m:
+                layer = int(m.group(1)) if m.groups() and m.group(1) and m.group(1).isdigit() else None
+                return group, layer, True
+        if name in OFT_KEEP_F32:
+            return "position", None, False  # cls / register tokens, position embeddings: kept F32
+        if len(shape) < 2:
+            return "norm", None, False
+        if name == "lm.token_embd.weight":
+            return "embedding", None, False
+        if name in ("vd.patch_embd.weight", "vs.patch_embd.weight"):
+            return "vision", None, False  # a conv: stored 2-D, no Linear module to hook
+        raise ValueError(f"openvla_oft adapter: unclassified canonical tensor {name!r} {shape}")
+
+    def linear_targets(self) -> list[LinearTarget]:
+        out = []
+        for info in self.tensor_table():
+            if not info.linear:
+                continue
+            param, _ = self._internal[info.name]
+            kind = next(k for rx, _, k in _OFT_LINEAR_GROUPS if rx.match(info.name))
+            out.append(LinearTarget(info.name, param.rsplit(".", 1)[0], param, kind, info.group, info.layer))
+        return out
+
+    def canonical_weights(self) -> dict[str, np.ndarray]:
+        from actquant_core.policies.openvla_oft.canonical import canonical_state_dict
+
+        return canonical_state_dict(self.model, include_lm_head=False)
+
+    def fisher_param_names(self, names: Sequence[str]) -> dict[str, str]:
+        out = {}
+        for n in names:
+            if n not in self._all_internal:
+                raise KeyError(f"openvla_oft has no canonical tensor {n!r}")
+            out[n] = self._all_internal[n][0]
+        return out
+
+    def fisher_to_canonical(self, name: str, F: torch.Tensor) -> np.ndarray:
+        _, transform = self._all_internal[name]
+        arr = F.detach().float().cpu()
+        if transform == "conv":
+            arr = arr.reshape(arr.shape[0], -1)
+        return np.ascontiguousarray(arr.numpy())
+
+    # --- data --------------------------------------------------------------------------------------
+    def _frame_images(self, images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        slots = self.config.image_slots
+        out = {s: images[s] for s in slots if s in images}
+        for cam, slot in self.camera_map.items():
+            if cam in images and slot not in out:
+                out[slot] = images[cam]
+        missing = [s for s in slots if s not in out]
+        if missing:
+            raise ValueError(f"frame has cameras {sorted(images)}; OFT slots {missing} are missing "
+                             f"(camera_map {self.camera_map})")
+        return out
+
+    def _frame_state(self, state: np.ndarray) -> np.ndarray:
+        s = np.asarray(state, np.float32).reshape(-1)
+        d = self.config.proprio_dim
+        if s.shape[0] > d:
+            raise ValueError(f"frame state has {s.shape[0]} entries, more than the policy's proprio_dim={d}")
+        if s.shape[0] < d:
+            s = np.concatenate([s, np.zeros(d - s.shape[0], np.float32)])  # padded like the action dims
+        return s
+
+    def prepare_batch(self, frames: Sequence[Any], device: torch.device) -> dict[str, torch.Tensor]:
+        """frames: ``CalibFrame``-like (``images`` {camera: uint8 [h, w, 3]}, ``state`` [<= proprio_dim],
+        ``instruction``, ``actions`` [chunk, <= action_dim] robot units).  Returns pixels [B, 6*I, S, S],
+        proprio [B, proprio_dim], input_ids / attention_mask / action_mask [B, T], actions
+        [B, chunk, action_dim] (normalised, zero-padded) and action_token_ids [B, chunk*action_dim]."""
+        import dataclasses
+
+        from actquant_core.policies.openvla_oft.preprocess import OftInputs
+
+        if not frames:
+            raise ValueError("prepare_batch got no frames")
+        c = self.config
+        items, acts = [], []
+        for f in frames:
+            items.append(self.preprocessor(self._frame_images(f.images), self._frame_state(f.state), f.instruction))
+            a = np.asarray(f.actions, np.float32)
+            if a.ndim != 2 or a.shape[0] != c.chunk or not 0 < a.shape[1] <= c.action_dim:
+                raise ValueError(f"frame action chunk must be [{c.chunk}, <= {c.action_dim}], got {a.shape}")
+            if not np.isfinite(a).all():
+                raise ValueError("frame action chunk contains NaN or Inf")
+            full = np.zeros((c.chunk, c.action_dim), np.float32)
+            full[:, : a.shape[1]] = a
+            if self.norm_stats is not None:
+                full = self.preprocessor.normalize_actions(full)
+            acts.append(np.asarray(full, np.float32))
+        inp = OftInputs.stack(items, c.pad_token_id)
+        batch = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device)
+                 for k, v in ((f.name, getattr(inp, f.name)) for f in dataclasses.fields(inp))}
+        batch["actions"] = torch.from_numpy(np.stack(acts)).to(device)
+        self._set_token_ids(batch)
+        return batch
+
+    def _set_token_ids(self, batch: dict[str, torch.Tensor]) -> None:
+        from actquant_core.policies.openvla_oft.preprocess import actions_to_token_ids
+
+        a = batch["actions"]
+        ids = actions_to_token_ids(a.detach().float().cpu().numpy(), self.config)
+        batch["action_token_ids"] = torch.from_numpy(ids).to(a.device)
+
+    def action_target(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        a = batch["actions"][..., : self.action_dims]  # [B, chunk, d]
+        return a.reshape(a.shape[0], -1)
+
+    @property
+    def x_module(self) -> str:
+        return "layers.0.q_proj"
+
+    def add_loss_randomness(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> None:
+        """OFT's losses draw nothing; the NLL labels are re-derived from ``batch["actions"]`` (which
+        ``targets="policy"`` may have replaced)."""
+        self._set_token_ids(batch)
+
+    @torch.no_grad()
+    def policy_actions(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
+        """The reference model's (deterministic) normalised chunk [B, chunk, action_dim]."""
+        a = batch["actions"]
+        out = self.model.predict_actions(batch["pixels"], batch["proprio"], batch["input_ids"],
+                                         batch["attention_mask"], batch["action_mask"])
+        return out.to(a.dtype)
+
+    def run_forward(self, batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> None:
+        """One parallel-decoding forward (vision, projector, Llama, action head)."""
+        self.model.predict_actions(batch["pixels"], batch["proprio"], batch["input_ids"], batch["attention_mask"],
+                                   batch["action_mask"])
+
+    def _seq_mask(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """[B, L] bool: non-pad tokens of the LM sequence ([BOS][vision + proprio][text ...])."""
+        att = batch["attention_mask"].to(torch.bool)
+        B = att.shape[0]
+        ones = torch.ones(B, self.config.num_vision_tokens, dtype=torch.bool, device=att.device)
+        return torch.cat([att[:, :1], ones, att[:, 1:]], dim=1)
+
+    def pool(self, kind: str, z: torch.Tensor, batch: Mapping[str, torch.Tensor], pooling: str) -> torch.Tensor:
+        z = z.float()
+        B = batch["pixels"].shape[0]
+        if kind == POOL_SAMPLE or z.ndim == 2:
+            return z.reshape(B, -1, z.shape[-1]).mean(1)  # per image (FiLM) -> mean over images
+        if kind == POOL_PREFIX:
+            if pooling == "all":
+                return z.mean(1)
+            m = self._seq_mask(batch).to(z.dtype)[..., None]  # [B, L, 1]
+            if m.shape[1] != z.shape[1]:
+                raise ValueError(f"LM activation has {z.shape[1]} tokens, the sequence mask {m.shape[1]}")
+            return (z * m).sum(1) / m.sum(1).clamp_min(1.0)
+        if kind == POOL_PATCHES:
+            return z.reshape(B, -1, z.shape[-2], z.shape[-1]).mean(2).mean(1)  # tokens, then images
+        if kind == POOL_SUFFIX:
+            return z.mean(1)
+        raise ValueError(f"unknown pooling kind {kind!r}")
+
+    def rows(self, kind: str, z: torch.Tensor, batch: Mapping[str, torch.Tensor], pooling: str) -> torch.Tensor:
+        if kind == POOL_PREFIX and pooling != "all" and z.ndim == 3:
+            return z[self._seq_mask(batch)]
+        return z.reshape(-1, z.shape[-1])
+
+    def loss_parts(self, model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"action": L1 of the head's chunk, "language": NLL of the action tokens}`` over the un-padded dims."""
+        c = self.config
+        d = self.action_dims
+        parts = model.losses(dict(batch), reduction="none", with_nll=True)
+        l1 = parts["l1"][..., :d].mean()
+        nll = parts["nll"].reshape(-1, c.chunk, c.action_dim)[..., :d].mean()
+        return {"action": l1, "language": nll}
+
+    # --- export ------------------------------------------------------------------------------------
+    def gguf_metadata(self) -> dict[str, Any]:
+        import json
+
+        ns = None if self.norm_stats is None else json.loads(self.norm_stats.to_json())
+        return {"config": self.config.to_dict(), "norm_stats": ns,
+                "tokenizer_model": getattr(self.tokenizer, "model_bytes", None)}
+
+
 def make_adapter(family: str, model: torch.nn.Module, **kwargs: Any) -> PolicyAdapter:
-    """The adapter of ``family`` ("pi05"; "openvla_oft" once its adapter exists)."""
-    from actquant_core.constants import PI05_FAMILY
+    """The adapter of ``family`` ("pi05" or "openvla_oft")."""
+    from actquant_core.constants import OFT_FAMILY, PI05_FAMILY
 
     if family == PI05_FAMILY:
         return Pi05Adapter(model, **kwargs)
-    raise ValueError(f"no quantization adapter for policy family {family!r} (known: {PI05_FAMILY!r}); "
-                     "OpenVLA-OFT needs an OftAdapter in actquant_core/quant/adapters.py")
+    if family == OFT_FAMILY:
+        return OftAdapter(model, **kwargs)
+    raise ValueError(f"no quantization adapter for policy family {family!r} (known: {PI05_FAMILY!r}, {OFT_FAMILY!r})")

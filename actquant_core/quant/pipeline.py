@@ -225,6 +225,9 @@ def load_policy(checkpoint: Any, *, tokenizer: str | os.PathLike[str] | None = N
     if isinstance(checkpoint, PolicyAdapter):
         return checkpoint
     tok = SentencePieceTokenizer.from_file(tokenizer) if tokenizer is not None else None
+    oft = _load_oft_policy(checkpoint, tok, action_dims)
+    if oft is not None:
+        return oft
     if hasattr(checkpoint, "config") and hasattr(checkpoint, "flow_matching_loss"):
         return Pi05Adapter(checkpoint, None, tok or SentencePieceTokenizer.small(), action_dims)
     if isinstance(checkpoint, str) and checkpoint.startswith(RANDOM_PREFIX):
@@ -252,10 +255,43 @@ def load_policy(checkpoint: Any, *, tokenizer: str | os.PathLike[str] | None = N
     return Pi05Adapter(model, ns, tok, action_dims)
 
 
+def _load_oft_policy(checkpoint: Any, tok: Any, action_dims: int | None) -> PolicyAdapter | None:
+    """An :class:`~.adapters.OftAdapter` when ``checkpoint`` is an ``OftModel``, ``"random:<openvla-oft preset>[:seed]"``
+    or an OpenVLA-OFT checkpoint folder (``action_head--*_checkpoint.pt``); else None."""
+    from actquant_core.policies.common.tokenizer import SentencePieceTokenizer
+    from actquant_core.policies.openvla_oft.config import PRESET_NAMES as OFT_PRESETS
+
+    from actquant_core.policies.openvla_oft.model import OftModel
+
+    from .adapters import OftAdapter
+
+    model, ns = None, None
+    if isinstance(checkpoint, OftModel):
+        model = checkpoint
+    elif isinstance(checkpoint, str) and checkpoint.startswith(RANDOM_PREFIX):
+        parts = checkpoint[len(RANDOM_PREFIX):].split(":")
+        if parts[0] not in OFT_PRESETS:
+            return None
+        from actquant_core.policies.openvla_oft.config import get_preset
+
+        seed = int(parts[1]) if len(parts) > 1 else 0
+        model = OftModel(get_preset(parts[0])).init_random(seed).eval()
+    elif isinstance(checkpoint, (str, os.PathLike)) and Path(checkpoint).is_dir() \
+            and any(Path(checkpoint).glob("action_head--*_checkpoint.pt")):
+        from actquant_core.policies.openvla_oft.loader import load_oft_checkpoint
+
+        _, model, ns = load_oft_checkpoint(checkpoint)
+        if tok is None:
+            log.warning("no --tokenizer given for %s: prompts use the small built-in SentencePiece model", checkpoint)
+    if model is None:
+        return None
+    return OftAdapter(model, ns, tok or SentencePieceTokenizer.small(), action_dims)
+
+
 def _frames_from(calib: Any, adapter: PolicyAdapter, cfg: PipelineConfig, bag_mapping: BagMapping | None) -> list[CalibFrame]:
     if isinstance(calib, Sequence) and not isinstance(calib, (str, bytes)) and calib and isinstance(calib[0], CalibFrame):
         return list(calib)
-    horizon = adapter.config.action_horizon  # type: ignore[attr-defined]
+    horizon = getattr(adapter, "action_horizon", None) or adapter.config.action_horizon  # type: ignore[attr-defined]
     return sample_frames(load_episodes(calib, bag_mapping), horizon, cfg.calib_frames, seed=cfg.seed,
                          split=cfg.split, holdout_every=cfg.holdout_every, progress=cfg.calib.progress)
 
