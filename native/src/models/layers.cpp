@@ -1,5 +1,8 @@
 #include "layers.h"
 
+#include "errors.h"
+#include "ggml-backend.h"
+
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
@@ -70,6 +73,24 @@ bool layer_stage_cb(ggml_tensor * t, bool ask, void * user) {
             std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - st->t0).count();
     }
     return true;
+}
+
+void layer_read_outputs(ggml_cgraph * gf, const std::vector<std::string> & names, const char * family,
+                        std::map<std::string, std::vector<float>> & data,
+                        std::map<std::string, std::vector<int64_t>> & shapes) {
+    for (const auto & name : names) {
+        ggml_tensor * t = ggml_graph_get_tensor(gf, name.c_str());
+        if (t == nullptr || !(t->flags & GGML_TENSOR_FLAG_OUTPUT)) {
+            throw Error(std::string(family) + ": unknown intermediate '" + name + "'");
+        }
+        if (!ggml_is_contiguous(t)) throw Error(std::string(family) + ": intermediate '" + name + "' is not contiguous");
+        std::vector<float> d((size_t) ggml_nelements(t));
+        ggml_backend_tensor_get(t, d.data(), 0, d.size() * sizeof(float));
+        std::vector<int64_t> shape;
+        for (int k = ggml_n_dims(t) - 1; k >= 0; --k) shape.push_back(t->ne[k]);
+        data[name] = std::move(d);
+        shapes[name] = std::move(shape);
+    }
 }
 
 }  // namespace actquant

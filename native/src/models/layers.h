@@ -8,6 +8,7 @@
 #include <chrono>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "ggml.h"
 
@@ -45,5 +46,11 @@ struct layer_stage_timer {
     std::map<std::string, double> at_ms;
 };
 bool layer_stage_cb(ggml_tensor * t, bool ask, void * user);
+
+// After compute: copies each kept intermediate named in `names` to host (numpy order, row-major data and shape).
+// Throws Error "<family>: unknown intermediate '<name>'" for a name that is no kept graph output.
+void layer_read_outputs(ggml_cgraph * gf, const std::vector<std::string> & names, const char * family,
+                        std::map<std::string, std::vector<float>> & data,
+                        std::map<std::string, std::vector<int64_t>> & shapes);
 
 }  // namespace actquant

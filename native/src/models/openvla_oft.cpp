@@ -339,17 +339,7 @@ oft_outputs OftRuntime::infer(const oft_inputs & in, const std::vector<std::stri
     oft_outputs out;
     out.actions.resize((size_t) h.chunk * h.action_dim);
     tensor_get_f32(actions, out.actions.data(), out.actions.size());
-    for (const auto & name : collect) {
-        ggml_tensor * t = ggml_graph_get_tensor(gf, name.c_str());
-        if (t == nullptr || !(t->flags & GGML_TENSOR_FLAG_OUTPUT)) throw Error("openvla_oft: unknown intermediate '" + name + "'");
-        if (!ggml_is_contiguous(t)) throw Error("openvla_oft: intermediate '" + name + "' is not contiguous");
-        std::vector<float> data((size_t) ggml_nelements(t));
-        ggml_backend_tensor_get(t, data.data(), 0, data.size() * sizeof(float));
-        std::vector<int64_t> shape;
-        for (int d = ggml_n_dims(t) - 1; d >= 0; --d) shape.push_back(t->ne[d]);
-        out.intermediates[name] = std::move(data);
-        out.shapes[name] = shape;
-    }
+    layer_read_outputs(gf, collect, "openvla_oft", out.intermediates, out.shapes);
     out.timing_ms["build"] = build_ms;
     out.timing_ms["alloc"] = alloc_ms;
     out.timing_ms["compute"] = compute_ms;

@@ -27,20 +27,6 @@ std::string fmt_name(const char * f, int i) {
     return buf;
 }
 
-// Stage markers observed through the scheduler's eval callback (timing without splitting the graph by hand).
-struct stage_timer {
-    clk::time_point t0;
-    std::map<std::string, double> at_ms;
-};
-
-bool stage_cb(ggml_tensor * t, bool ask, void * user) {
-    const bool is_marker = std::strncmp(t->name, "stage:", 6) == 0;
-    if (ask) return is_marker;
-    auto * st = (stage_timer *) user;
-    if (is_marker) st->at_ms[t->name + 6] = ms_since(st->t0);
-    return true;
-}
-
 }  // namespace
 
 pi05_hparams pi05_default_hparams() { return pi05_hparams{}; }
@@ -312,9 +298,9 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
     const double alloc_ms = ms_since(t_alloc);
 
     // ---- phase 3: compute ------------------------------------------------------------------------
-    stage_timer st;
+    layer_stage_timer st;
     st.t0 = clk::now();
-    backend_->set_eval_callback(stage_cb, &st);
+    backend_->set_eval_callback(layer_stage_cb, &st);
     backend_->run(gf);
     backend_->set_eval_callback(nullptr, nullptr);
     const double compute_ms = ms_since(st.t0);
@@ -322,22 +308,7 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
     pi05_outputs out;
     out.actions.resize((size_t) H * A);
     tensor_get_f32(actions, out.actions.data(), out.actions.size());
-    for (const auto & name : collect) {
-        ggml_tensor * t = ggml_graph_get_tensor(gf, name.c_str());
-        if (t == nullptr || !(t->flags & GGML_TENSOR_FLAG_OUTPUT)) {
-            throw Error("pi05: unknown intermediate '" + name + "'");
-        }
-        std::vector<float> data((size_t) ggml_nelements(t));
-        if (ggml_is_contiguous(t)) {
-            ggml_backend_tensor_get(t, data.data(), 0, data.size() * sizeof(float));
-        } else {  // strided view (vision_emb.{cam} is contiguous; keep a general path anyway)
-            throw Error("pi05: intermediate '" + name + "' is not contiguous");
-        }
-        std::vector<int64_t> shape;
-        for (int d = ggml_n_dims(t) - 1; d >= 0; --d) shape.push_back(t->ne[d]);
-        out.intermediates[name] = std::move(data);
-        out.shapes[name] = shape;
-    }
+    layer_read_outputs(gf, collect, "pi05", out.intermediates, out.shapes);
     out.timing_ms["build"] = build_ms;
     out.timing_ms["alloc"] = alloc_ms;
     const double t_vis = st.at_ms.count("vision") ? st.at_ms["vision"] : 0.0;
