@@ -5,7 +5,6 @@ No torch here: an edge computer needs numpy, OpenCV, SentencePiece and the nativ
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -15,9 +14,9 @@ import numpy as np
 
 from actquant_core import constants as C
 from actquant_core import native
-from actquant_core.policies.common.tokenizer import SentencePieceTokenizer
 from actquant_core.policies.openvla_oft.config import OftConfig
 from actquant_core.policies.openvla_oft.preprocess import OftInputs, OftNormStats, OftPreprocessor
+from actquant_core.runtime.header import read_policy_header
 from actquant_core.runtime.types import ActionChunk, Observation
 
 log = logging.getLogger(__name__)
@@ -64,30 +63,12 @@ class OftRuntime:
         gripper: str = "none",
     ) -> None:
         self.path = os.fspath(gguf_path)
-        meta = native.GgufModel(self.path)  # header only: validates the file, no tensor placement
-        family = meta.metadata(C.KEY_FAMILY)
-        if family != C.OFT_FAMILY:
-            raise ValueError(f"GGUF {self.path!r} holds a {family!r} policy, not {C.OFT_FAMILY!r}")
-        self.config = OftConfig.from_dict(json.loads(meta.metadata(C.KEY_CONFIG_JSON)))
-        keys = set(meta.metadata_keys())
-        self.norm_stats = (
-            OftNormStats.from_json(meta.metadata(C.KEY_NORM_STATS_JSON)) if C.KEY_NORM_STATS_JSON in keys else None
-        )
-        if tokenizer_path is not None:
-            tok = SentencePieceTokenizer.from_file(tokenizer_path)
-        elif C.KEY_TOKENIZER_MODEL in keys:
-            tok = SentencePieceTokenizer(meta.metadata(C.KEY_TOKENIZER_MODEL), source=f"{self.path}:tokenizer")
-        else:
-            raise ValueError(
-                f"GGUF {self.path!r} has no embedded tokenizer ({C.KEY_TOKENIZER_MODEL}); pass tokenizer_path= "
-                "(the Llama-2 SentencePiece model is user-supplied)"
-            )
+        hdr = read_policy_header(self.path, C.OFT_FAMILY, OftConfig, OftNormStats, tokenizer_path, "Llama-2")
+        self.config, self.norm_stats, self.plan_summary, self.file_size = (
+            hdr.config, hdr.norm_stats, hdr.plan_summary, hdr.file_size)
         self.preprocessor = OftPreprocessor(
-            self.config, tok, self.norm_stats, rotate_180=rotate_180, center_crop=center_crop, gripper=gripper
+            self.config, hdr.tokenizer, self.norm_stats, rotate_180=rotate_180, center_crop=center_crop, gripper=gripper
         )
-        self.plan_summary = json.loads(meta.metadata(C.KEY_QUANT_PLAN_SUMMARY)) if C.KEY_QUANT_PLAN_SUMMARY in keys else None
-        self.file_size = meta.file_size
-        del meta
         self._rt = native.native_module().OftRuntime(
             self.path, oft_hparams(self.config), n_threads or native.default_threads(), device
         )

@@ -5,7 +5,6 @@ No torch here: an edge computer needs numpy, OpenCV, SentencePiece and the nativ
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -16,9 +15,9 @@ import numpy as np
 from actquant_core import constants as C
 from actquant_core import native
 from actquant_core.policies.common.normalize import NormStats
-from actquant_core.policies.common.tokenizer import SentencePieceTokenizer
 from actquant_core.policies.pi05.config import Pi05Config
 from actquant_core.policies.pi05.preprocess import Pi05Inputs, Pi05Preprocessor
+from actquant_core.runtime.header import read_policy_header
 from actquant_core.runtime.types import ActionChunk, Observation
 
 log = logging.getLogger(__name__)
@@ -63,28 +62,10 @@ class Pi05Runtime:
         seed: int = 0,
     ) -> None:
         self.path = os.fspath(gguf_path)
-        meta = native.GgufModel(self.path)  # header only: validates the file, no tensor placement
-        family = meta.metadata(C.KEY_FAMILY)
-        if family != C.PI05_FAMILY:
-            raise ValueError(f"GGUF {self.path!r} holds a {family!r} policy, not {C.PI05_FAMILY!r}")
-        self.config = Pi05Config.from_dict(json.loads(meta.metadata(C.KEY_CONFIG_JSON)))
-        keys = set(meta.metadata_keys())
-        self.norm_stats = (
-            NormStats.from_json(meta.metadata(C.KEY_NORM_STATS_JSON)) if C.KEY_NORM_STATS_JSON in keys else None
-        )
-        if tokenizer_path is not None:
-            tok = SentencePieceTokenizer.from_file(tokenizer_path)
-        elif C.KEY_TOKENIZER_MODEL in keys:
-            tok = SentencePieceTokenizer(meta.metadata(C.KEY_TOKENIZER_MODEL), source=f"{self.path}:tokenizer")
-        else:
-            raise ValueError(
-                f"GGUF {self.path!r} has no embedded tokenizer ({C.KEY_TOKENIZER_MODEL}); pass tokenizer_path= "
-                "(the PaliGemma SentencePiece model is user-supplied)"
-            )
-        self.preprocessor = Pi05Preprocessor(self.config, tok, self.norm_stats)
-        self.plan_summary = json.loads(meta.metadata(C.KEY_QUANT_PLAN_SUMMARY)) if C.KEY_QUANT_PLAN_SUMMARY in keys else None
-        self.file_size = meta.file_size
-        del meta
+        hdr = read_policy_header(self.path, C.PI05_FAMILY, Pi05Config, NormStats, tokenizer_path, "PaliGemma")
+        self.config, self.norm_stats, self.plan_summary, self.file_size = (
+            hdr.config, hdr.norm_stats, hdr.plan_summary, hdr.file_size)
+        self.preprocessor = Pi05Preprocessor(self.config, hdr.tokenizer, self.norm_stats)
         self._rt = native.native_module().Pi05Runtime(
             self.path, pi05_hparams(self.config), n_threads or native.default_threads(), device
         )
