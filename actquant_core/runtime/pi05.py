@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
 
 import numpy as np
 
@@ -21,21 +20,6 @@ from actquant_core.runtime.header import read_policy_header
 from actquant_core.runtime.types import ActionChunk, Observation
 
 log = logging.getLogger(__name__)
-
-
-def pi05_hparams(cfg: Pi05Config) -> dict[str, Any]:
-    """The native graph's hyper-parameters from the config (the GGUF's actquant.config_json)."""
-    d = cfg.to_dict()
-    keys = (
-        "image_size patch_size vision_width vision_depth vision_mlp vision_heads vision_ln_eps lm_width lm_depth "
-        "num_heads num_kv_heads head_dim lm_mlp vocab_size rms_eps rope_theta expert_width expert_mlp action_dim "
-        "action_horizon max_token_len num_steps time_min_period time_max_period"
-    ).split()
-    h = {k: d[k] for k in keys}
-    h["embed_scale"] = float(cfg.embed_scale)
-    h["num_cameras"] = cfg.num_cameras
-    h["mask_value"] = float(C.PI05_MASK_VALUE)
-    return h
 
 
 class Pi05Runtime:
@@ -67,7 +51,7 @@ class Pi05Runtime:
             hdr.config, hdr.norm_stats, hdr.plan_summary, hdr.file_size)
         self.preprocessor = Pi05Preprocessor(self.config, hdr.tokenizer, self.norm_stats)
         self._rt = native.native_module().Pi05Runtime(
-            self.path, pi05_hparams(self.config), n_threads or native.default_threads(), device
+            self.path, self.config.native_hparams(), n_threads or native.default_threads(), device
         )
         self._rng = np.random.default_rng(seed)
         log.info("pi05 runtime: %s on %s (%.1f MB)", self.path, self._rt.backend, self.file_size / 1e6)
