@@ -144,6 +144,12 @@ class QuantizerNode:
         self._thread = threading.Thread(target=self._run, name="quantize", daemon=True)
         self._thread.start()
 
+    def join(self, timeout_s: float = 30.0) -> None:
+        """Waits for the worker (it shuts the node down itself): the process must not exit while that thread is
+        still inside native code (DDS shutdown, torch), which aborts the interpreter."""
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
     def _pipeline_call(self) -> Any:
         cfg = self.cfg
         if self._fn is not None:
@@ -210,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         qn = QuantizerNode(node, cfg)
         qn.start()
         node.spin()
+        qn.join()
         return 0 if qn.error is None and qn.done.is_set() else 1
     finally:
         node.shutdown()
