@@ -38,6 +38,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "actquant_core.eval.libero",
     "actquant_core.eval.sim",
     "actquant_core.sim.evaluate",
+    "actquant_core.libero.evaluate",
 )
 #: importlib.metadata entry-point group of third-party subcommands (value: ``module:register``).
 ENTRY_POINT_GROUP = C.CLI_ENTRY_POINT_GROUP
@@ -141,6 +142,11 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hsic-estimator", choices=("biased", "cka", "nocco"), default="biased", help="HSIC estimator")
     p.add_argument("--hsic-project-dim", type=int, default=None,
                    help="random-project pooled activations wider than this (memory bound for large n)")
+    p.add_argument("--gptq-damp", type=float, default=0.01,
+                   help="method gptq: damping as a fraction of the Hessian's mean diagonal (default 0.01)")
+    p.add_argument("--gptq-max-cols", type=int, default=8192,
+                   help="method gptq: wider tensors (input features) get no XᵀX (cols² float64 each) and fall back "
+                        "to imatrix quantization (default 8192)")
     p.add_argument("--threads", type=int, default=None, help="GGML quantization threads")
     p.add_argument("--no-report", action="store_true", help="skip the Markdown/PNG report")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -149,6 +155,7 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from actquant_core.quant.calibrate import CalibConfig
+    from actquant_core.quant.gptq import GptqConfig
     from actquant_core.quant.hsic import HsicConfig
     from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
     from actquant_core.quant.types import DEFAULT_MENU
@@ -162,7 +169,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                          solver=args.solver, refine=args.refine, inactive=args.inactive, score=args.score,
                          score_floor=args.score_floor, calib_frames=args.calib_frames,
                          split=args.split, holdout_every=args.holdout_every, seed=args.seed, calib=calib,
-                         n_threads=args.threads, report=not args.no_report)
+                         n_threads=args.threads, report=not args.no_report,
+                         gptq=GptqConfig(percdamp=args.gptq_damp, max_cols=args.gptq_max_cols,
+                                         device=args.device if str(args.device or "").startswith("cuda") else "cpu"))
     res = quantize_policy(args.checkpoint, args.calib, out_path=args.output, plan=args.plan, config=cfg,
                           bag_mapping=_bag_mapping(args.bag_topics), tokenizer=args.tokenizer)
     print(json.dumps(res.summary(), indent=1))
@@ -218,7 +227,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 @register
 def _register_eval_actions(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval-actions", help="action error of a GGUF vs the full-precision policy (native runtime)")
+    p = sub.add_parser("eval-actions", help="action error of a GGUF vs the full-precision policy (native runtime)",
+                       description="Any policy family with a runtime (pi05: identical flow-matching noise for both "
+                                   "files; OpenVLA-OFT: deterministic head); the GGUFs and the reference must be of "
+                                   "the same family and config.")
     p.add_argument("--gguf", type=Path, required=True, nargs="+", help="quantized GGUF(s)")
     p.add_argument("--reference", required=True,
                    help="full-precision policy: a GGUF, or a checkpoint exported to F32 on the fly")
@@ -231,17 +243,17 @@ def _register_eval_actions(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_eval_actions(args: argparse.Namespace) -> int:
-    from actquant_core.quant.pipeline import evaluate_actions, export_reference, frames_for_eval, load_policy
-    from actquant_core.runtime.pi05 import Pi05Runtime
+    from actquant_core.quant.pipeline import (evaluate_actions, export_reference, frames_for_eval, gguf_policy,
+                                              load_policy, policy_horizon)
 
     with tempfile.TemporaryDirectory(prefix="actquant-ref-") as tmp:
-        ref = Path(args.reference) if not str(args.reference).startswith("random:") else None
+        ref = Path(args.reference) if not str(args.reference).startswith(C.QUANT_RANDOM_CHECKPOINT_PREFIX) else None
         if ref is not None and ref.is_file() and ref.suffix == ".gguf":
             ref_gguf = ref
         else:
             ref_gguf = export_reference(load_policy(args.reference, tokenizer=args.tokenizer), Path(tmp) / "reference-f32.gguf")
-        cfg = Pi05Runtime(ref_gguf, n_threads=1).config
-        frames = frames_for_eval(args.calib, cfg.action_horizon, args.frames, seed=args.seed, split=args.split,
+        family, cfg = gguf_policy(ref_gguf)  # pi05 or openvla_oft: the family's runtime runs both files
+        frames = frames_for_eval(args.calib, policy_horizon(family, cfg), args.frames, seed=args.seed, split=args.split,
                                  holdout_every=args.holdout_every, bag_mapping=_bag_mapping(args.bag_topics))
         if not frames:
             raise ValueError(f"no evaluation frame in {args.calib} (split {args.split}); try --split all")

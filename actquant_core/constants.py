@@ -625,7 +625,7 @@ QUANT_PLAN_SUFFIX = ".plan.yaml"  # OUT.gguf -> OUT.plan.yaml (re-appliable with
 QUANT_REPORT_SUFFIX = ".report.md"  # OUT.gguf -> OUT.report.md (+ OUT.report.<figure>.png)
 QUANT_RANDOM_CHECKPOINT_PREFIX = "random:"  # "random:<preset>[:seed]": seeded random weights (tests, benchmarks)
 CLI_ENTRY_POINT_GROUP = "actquant.commands"  # importlib.metadata group of `actquant` subcommand registrars
-QUANT_METHODS = ("actquant", "rtn", "imatrix", "generic", "hsic-only", "fisher-only")  # `actquant quantize --method`
+QUANT_METHODS = ("actquant", "rtn", "imatrix", "generic", "hsic-only", "fisher-only", "gptq")  # `actquant quantize --method`
 QUANT_SCOPES = ("backbone", "all")  # allocated tensors: LM backbone (paper) | every linear layer
 
 # ---------------------------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ Statistics (:func:`calibrate`), streamed batch by batch, no full activation kept
 * HSIC: per linear target the token-pooled input and output (``adapter.pool``), X = pooled input of
   the first decoder layer, Y = action chunk ``[B, H*d]`` (standardised inside the accumulator);
 * activation importance: mean ``x_c^2`` over the valid token rows of each target's input;
+* Gram ``XᵀX`` (GPTQ's Hessian, :class:`~.gptq.GramAccumulator`) over the same token rows, for the
+  ``gram_targets`` only (``cols²`` float64 each);
 * Fisher: ``FisherAccumulator`` over the adapter's loss parts, batches of ``fisher_batch_size`` frames
   with fresh ``noise ~ N(0, I)`` and ``t ~ Beta(1.5, 1)`` per batch.
 """
@@ -57,6 +59,7 @@ import torch
 
 from .adapters import POOLINGS, PolicyAdapter
 from .fisher import FisherAccumulator, FisherConfig
+from .gptq import GramAccumulator, GramStats
 from .hsic import HsicAccumulator, HsicConfig, HsicResult
 from .importance import ActivationImportanceAccumulator
 
@@ -342,6 +345,7 @@ class CalibrationResult:
     Attributes:
         hsic: HSIC scores of the scored targets.
         activation_importance: canonical name -> mean x^2 per input column ``[cols]``.
+        gram: canonical name -> ``XᵀX`` over the input token rows (GPTQ targets only).
         fisher: canonical name -> Fisher ``[rows, cols]`` (canonical layout).
         n_frames: frames used; fisher_batches: Fisher batches used.
         seconds: wall time per stage ("forward", "hsic_solve", "fisher").
@@ -351,6 +355,7 @@ class CalibrationResult:
     hsic: HsicResult | None = None
     activation_importance: dict[str, np.ndarray] | None = None
     fisher: dict[str, np.ndarray] | None = None
+    gram: dict[str, GramStats] | None = None
     n_frames: int = 0
     fisher_batches: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
@@ -375,17 +380,21 @@ def calibrate(
     *,
     hsic_targets: Sequence[str] = (),
     importance_targets: Sequence[str] = (),
+    gram_targets: Sequence[str] = (),
+    gram_max_cols: int | None = None,
 ) -> CalibrationResult:
-    """Stage-1 statistics: HSIC scores of ``hsic_targets`` and activation importance of ``importance_targets``.
+    """Stage-1 statistics: HSIC scores of ``hsic_targets``, activation importance of ``importance_targets``
+    and the input Gram ``XᵀX`` of ``gram_targets`` (GPTQ; refused above ``gram_max_cols`` columns,
+    default :attr:`.gptq.GptqConfig.max_cols`).
 
-    Both stream through one forward per batch; raises ``ValueError`` on an empty calibration set, a
+    All stream through one forward per batch; raises ``ValueError`` on an empty calibration set, a
     target the adapter does not know, or NaN / Inf activations (naming the tensor).
     """
     _check_frames(frames)
     if len(hsic_targets) and len(frames) < 2:
         raise ValueError(f"HSIC needs at least 2 calibration frames, got {len(frames)}")
     targets = {t.name: t for t in adapter.linear_targets()}
-    wanted = list(dict.fromkeys([*hsic_targets, *importance_targets]))
+    wanted = list(dict.fromkeys([*hsic_targets, *importance_targets, *gram_targets]))
     unknown = [n for n in wanted if n not in targets]
     if unknown:
         raise ValueError(f"calibration targets without a hookable linear layer: {unknown[:5]}")
@@ -398,6 +407,8 @@ def calibrate(
     hsic_set, imp_set = set(hsic_targets), set(importance_targets)
     acc = HsicAccumulator(config.hsic) if hsic_set else None
     imp = ActivationImportanceAccumulator() if imp_set else None
+    gram_set = set(gram_targets)
+    gram = (GramAccumulator() if gram_max_cols is None else GramAccumulator(gram_max_cols)) if gram_set else None
     gen = torch.Generator().manual_seed(config.seed)
     target_gen = torch.Generator().manual_seed(config.seed + 2)
     current: dict[str, Any] = {}
@@ -411,8 +422,12 @@ def calibrate(
             batch = current["batch"]
             if not bool(torch.isfinite(x).all()) or not bool(torch.isfinite(output).all()):
                 raise ValueError(f"NaN or Inf activation at {name!r} (batch starting at frame {current['start']})")
-            if name in imp_set:
-                imp.add_batch(name, adapter.rows(kind, x, batch, config.pooling).float().cpu())
+            if name in imp_set or name in gram_set:
+                rows = adapter.rows(kind, x, batch, config.pooling).float()
+                if name in imp_set:
+                    imp.add_batch(name, rows.cpu())
+                if name in gram_set:
+                    gram.add_batch(name, rows)
             if name in hsic_set:
                 captured[name] = (adapter.pool(kind, x, batch, config.pooling).cpu(),
                                   adapter.pool(kind, output.detach(), batch, config.pooling).cpu())
@@ -466,6 +481,8 @@ def calibrate(
         res.seconds["hsic_solve"] = time.perf_counter() - t1
     if imp is not None:
         res.activation_importance = imp.solve()
+    if gram is not None:
+        res.gram = gram.solve()
     return res
 
 

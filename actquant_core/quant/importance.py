@@ -9,6 +9,8 @@ References:
       spent greedily); an exact DP is available as well (:func:`.allocate.separable_allocate`).
     - Ablations of ActQuant (Akbari et al., arXiv 2605.24011): HSIC-only (stage-1 allocation,
       activation importance in the quantizer) and Fisher-only (fixed types, Fisher importance).
+    - GPTQ (Frantar et al., arXiv 2210.17323) on GGML's grids: the plan (:func:`plan_gptq`) is uniform;
+      the Hessian compensation itself runs in :mod:`.gptq` when the plan is applied.
 
 Every baseline returns a :class:`~.plan.QuantPlan`, so all methods go through the same exporter.
 """
@@ -33,6 +35,7 @@ __all__ = [
     "plan_error_driven",
     "plan_hsic_only",
     "plan_fisher_only",
+    "plan_gptq",
 ]
 
 log = logging.getLogger(__name__)
@@ -147,6 +150,41 @@ def plan_imatrix(tensors: Sequence[TensorSpec], ggml_type: str, config: AllocCon
 def plan_fisher_only(tensors: Sequence[TensorSpec], ggml_type: str, config: AllocConfig | None = None) -> QuantPlan:
     """Fisher-only ablation: same type everywhere, per-element Action-Mixed Fisher importance."""
     return _fixed_type_plan("fisher-only", tensors, ggml_type, "fisher", config)
+
+
+def plan_gptq(tensors: Sequence[TensorSpec], ggml_type: str, config: AllocConfig | None = None, *,
+              gptq_config=None) -> QuantPlan:
+    """GPTQ baseline: same type everywhere (as imatrix), activation importance as GGML's quant weights.
+
+    ``meta["gptq_tensors"]`` lists the tensors GPTQ quantizes (their Gram ``XᵀX`` must be collected);
+    the others (:func:`.gptq.gptq_eligible` says why: e.g. rows wider than ``gptq_config.max_cols``, or a
+    32-block fallback that does not fit) are quantized imatrix-style, logged and named in
+    ``meta["gptq_fallbacks"]`` and in their entry's reason.
+    """
+    from dataclasses import replace
+
+    from .gptq import GptqConfig, gptq_eligible
+
+    gc = gptq_config or GptqConfig()
+    base = _fixed_type_plan("gptq", tensors, ggml_type, "activation", config)
+    entries, chosen, fallbacks = [], [], {}
+    for e in base.entries:
+        if e.role != "linear":
+            entries.append(e)
+            continue
+        why = gptq_eligible(e.ggml_type, e.shape, gc)
+        if why is None:
+            chosen.append(e.name)
+            entries.append(replace(e, reason=e.reason + "; GPTQ"))
+        else:
+            fallbacks[e.name] = why
+            entries.append(replace(e, reason=e.reason + f"; imatrix (no GPTQ: {why})"))
+    if fallbacks:
+        log.info("GPTQ plan: %d tensor(s) fall back to imatrix quantization: %s", len(fallbacks),
+                 "; ".join(f"{n}: {w}" for n, w in list(fallbacks.items())[:5]))
+    meta = {**base.meta, "gptq_tensors": chosen, "gptq_fallbacks": fallbacks, "gptq_percdamp": gc.percdamp,
+            "gptq_max_cols": gc.max_cols}
+    return replace(base, entries=tuple(entries), meta=meta)
 
 
 def plan_hsic_only(tensors: Sequence[TensorSpec], config: AllocConfig) -> QuantPlan:

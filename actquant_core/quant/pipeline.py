@@ -25,7 +25,9 @@ layers to the allocator as well (same budget over all of them).
 Methods: ``actquant`` (HSIC allocation + Fisher importance), ``rtn`` (uniform K-quant, no importance),
 ``imatrix`` (uniform type, activation importance), ``generic`` (importance-weighted error allocator,
 Lagrangian, no action signal), ``hsic-only`` (HSIC allocation, activation importance), ``fisher-only``
-(uniform type, Fisher importance).  Uniform methods use the largest menu type whose bpw fits the budget.
+(uniform type, Fisher importance), ``gptq`` (uniform type, GPTQ's Hessian error compensation on GGML's
+grids, :mod:`.gptq`; tensors wider than ``gptq.max_cols`` fall back to imatrix, logged).  Uniform methods
+use the largest menu type whose bpw fits the budget.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ from actquant_core import constants as C
 from .adapters import SCOPES, PolicyAdapter, TensorInfo
 from .allocate import AllocConfig, TensorSpec, allocate
 from .calibrate import BagMapping, CalibConfig, CalibFrame, CalibrationResult, calibrate, calibrate_fisher, load_episodes, sample_frames
-from .importance import plan_error_driven, plan_fisher_only, plan_hsic_only, plan_imatrix, plan_uniform, weighted_error_fn
+from .gptq import GptqConfig, gptq_tensors
+from .importance import plan_error_driven, plan_fisher_only, plan_gptq, plan_hsic_only, plan_imatrix, plan_uniform, weighted_error_fn
 from .plan import PlanEntry, QuantPlan, quantize_with_plan
 from .refine import SUPPORTED as REFINE_TYPES
 from .refine import RefineConfig, refine_tensor
@@ -70,6 +73,8 @@ __all__ = [
     "export_reference",
     "evaluate_actions",
     "runtime_actions",
+    "gguf_policy",
+    "policy_horizon",
     "compare_actions",
     "ActionError",
 ]
@@ -77,7 +82,7 @@ __all__ = [
 METHODS = C.QUANT_METHODS
 #: methods whose allocation needs HSIC scores / activation importance / Fisher importance
 _NEEDS_HSIC = ("actquant", "hsic-only")
-_NEEDS_ACTIVATION = ("imatrix", "generic", "hsic-only")
+_NEEDS_ACTIVATION = ("imatrix", "generic", "hsic-only", "gptq")
 _NEEDS_FISHER = ("actquant", "fisher-only")
 #: uniform K-quants of the RTN baseline (GGML quantizes them without importance)
 K_QUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
@@ -115,6 +120,7 @@ class PipelineConfig:
             a tensor whose clipped sensitivity is 0 otherwise lands on the cheapest type whatever its
             quantization error.
         refine_config: refinement settings.
+        gptq: :class:`~.gptq.GptqConfig` of method ``gptq`` (damping, Gram column limit, solve device).
         calib_frames: frames sampled from the calibration source (seeded reservoir).
         split: episodes used: "calib" (not held out), "holdout" or "all".
         holdout_every: episode split period (see :func:`.calibrate.sample_frames`).
@@ -137,6 +143,7 @@ class PipelineConfig:
     score: str = "hsic"
     score_floor: float = 0.0
     refine_config: RefineConfig = field(default_factory=RefineConfig)
+    gptq: GptqConfig = field(default_factory=GptqConfig)
     calib_frames: int = 256
     split: str = "calib"
     holdout_every: int = 5
@@ -182,6 +189,7 @@ class QuantizeResult:
             "write", "total").
         calibration: the calibration statistics (None when the method needed none).
         refine: tensor name -> (weighted error before, after) of refined tensors.
+        gptq: tensor name -> "gptq" or the imatrix fallback's reason (method ``gptq`` only).
     """
 
     plan: QuantPlan
@@ -192,6 +200,7 @@ class QuantizeResult:
     seconds: dict[str, float]
     calibration: CalibrationResult | None
     refine: dict[str, tuple[float, float]] = field(default_factory=dict)
+    gptq: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """JSON-able summary (bench / CLI output)."""
@@ -201,6 +210,7 @@ class QuantizeResult:
             "file_size": self.file_size, "gguf": str(self.gguf_path), "plan": str(self.plan_path),
             "report": None if self.report_path is None else str(self.report_path),
             "seconds": dict(self.seconds), "objectives": dict(self.plan.objectives),
+            **({"gptq_fallbacks": {n: s for n, s in self.gptq.items() if s != "gptq"}} if self.gptq else {}),
         }
 
 
@@ -256,8 +266,9 @@ def load_policy(checkpoint: Any, *, tokenizer: str | os.PathLike[str] | None = N
 
 
 def _load_oft_policy(checkpoint: Any, tok: Any, action_dims: int | None) -> PolicyAdapter | None:
-    """An :class:`~.adapters.OftAdapter` when ``checkpoint`` is an ``OftModel``, ``"random:<openvla-oft preset>[:seed]"``
-    or an OpenVLA-OFT checkpoint folder (``action_head--*_checkpoint.pt``); else None."""
+    """An :class:`~.adapters.OftAdapter` when ``checkpoint`` is an ``OftModel``, ``"random:<openvla-oft preset>[:seed]"``,
+    a trained small-OFT folder (``train.openvla_oft``: ``oft_config.json`` + shards) or an OpenVLA-OFT
+    checkpoint folder (``action_head--*_checkpoint.pt``); else None."""
     from actquant_core.policies.common.tokenizer import SentencePieceTokenizer
     from actquant_core.policies.openvla_oft.config import PRESET_NAMES as OFT_PRESETS
 
@@ -276,6 +287,11 @@ def _load_oft_policy(checkpoint: Any, tok: Any, action_dims: int | None) -> Poli
 
         seed = int(parts[1]) if len(parts) > 1 else 0
         model = OftModel(get_preset(parts[0])).init_random(seed).eval()
+    elif isinstance(checkpoint, (str, os.PathLike)) and (Path(checkpoint) / "oft_config.json").is_file():
+        from actquant_core.train.openvla_oft import load_trained as load_trained_oft
+
+        _, model, ns, trained_tok = load_trained_oft(checkpoint)  # a trained small OFT folder
+        tok = tok or trained_tok
     elif isinstance(checkpoint, (str, os.PathLike)) and Path(checkpoint).is_dir() \
             and any(Path(checkpoint).glob("action_head--*_checkpoint.pt")):
         from actquant_core.policies.openvla_oft.loader import load_oft_checkpoint
@@ -467,6 +483,8 @@ def build_plan(
         part = plan_imatrix(specs, uniform_type_for(cfg.bpw, cfg.menu), ac)
     elif m == "fisher-only":
         part = plan_fisher_only(specs, uniform_type_for(cfg.bpw, cfg.menu), ac)
+    elif m == "gptq":
+        part = plan_gptq(specs, uniform_type_for(cfg.bpw, cfg.menu), ac, gptq_config=cfg.gptq)
     elif m == "generic":
         if error_fn is None and (calibration is None or calibration.activation_importance is None):
             raise ValueError("method 'generic' needs activation importance; calibration has none")
@@ -524,11 +542,19 @@ def write_quantized_gguf(
 
 
 def export_reference(adapter: PolicyAdapter, path: str | os.PathLike[str], ggml_type: str = "F32") -> Path:
-    """Write the full-precision (F32, or any uniform type with fallbacks) GGUF of the adapter's model."""
+    """Write the full-precision (F32, or any uniform type with fallbacks) GGUF of the adapter's model.
+
+    Position-group tensors (pi05 position embedding; OFT cls / register tokens, position embeddings) stay
+    F32 whatever ``ggml_type`` is: the graphs add / concatenate them as they are."""
     from actquant_core.export import default_type_for, export_tensors
 
     meta = adapter.gguf_metadata()
-    type_for = (lambda n, s: "F32") if ggml_type.upper() == "F32" else default_type_for(ggml_type.upper())
+    keep = {t.name for t in adapter.tensor_table() if t.group == "position"}
+    base = (lambda n, s: "F32") if ggml_type.upper() == "F32" else default_type_for(ggml_type.upper())
+
+    def type_for(name: str, shape: tuple[int, ...]) -> str:
+        return "F32" if name in keep else base(name, shape)
+
     export_tensors(path, adapter.family, meta["config"], adapter.canonical_weights(), type_for,
                    norm_stats=meta.get("norm_stats"), tokenizer_model=meta.get("tokenizer_model"))
     return Path(path)
@@ -540,10 +566,23 @@ def export_reference(adapter: PolicyAdapter, path: str | os.PathLike[str], ggml_
 
 
 def needed_statistics(method: str) -> dict[str, bool]:
-    """Which calibration statistics ``method`` uses: {"hsic", "activation", "fisher"} -> bool."""
+    """Which calibration statistics ``method`` uses: {"hsic", "activation", "fisher", "gram"} -> bool."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    return {"hsic": method in _NEEDS_HSIC, "activation": method in _NEEDS_ACTIVATION, "fisher": method in _NEEDS_FISHER}
+    return {"hsic": method in _NEEDS_HSIC, "activation": method in _NEEDS_ACTIVATION, "fisher": method in _NEEDS_FISHER,
+            "gram": method == "gptq"}
+
+
+def _gram_targets(plan: QuantPlan) -> list[str]:
+    """Tensors of a ``gptq`` plan that need the Gram ``XᵀX`` (``meta["gptq_tensors"]``); [] otherwise."""
+    if plan.method != "gptq":
+        return []
+    names = list(plan.meta.get("gptq_tensors") or [])
+    known = {e.name for e in plan.entries}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"gptq plan lists tensors it has no entry for: {unknown[:5]}")
+    return names
 
 
 def _zero_scores(table: Sequence[TensorInfo]) -> Any:
@@ -610,8 +649,14 @@ def quantize_policy(
         cfg = replace(cfg, method=given.method if given.method in METHODS else cfg.method)
 
     if given is None:  # budget errors before any calibration work
-        build_plan(adapter, replace(cfg, method="hsic-only" if cfg.method in ("actquant", "generic") else cfg.method),
-                   CalibrationResult(hsic=_zero_scores(table)), weights={}, n_threads=cfg.n_threads)
+        pre = build_plan(adapter, replace(cfg, method="hsic-only" if cfg.method in ("actquant", "generic") else cfg.method),
+                         CalibrationResult(hsic=_zero_scores(table)), weights={}, n_threads=cfg.n_threads)
+        gram_targets = _gram_targets(pre)
+    else:
+        gram_targets = _gram_targets(given)
+    missing = [n for n in gram_targets if n not in hookable]
+    if missing:
+        raise ValueError(f"plan asks for GPTQ of tensors without a hookable layer: {missing[:5]}")
 
     t0 = time.perf_counter()
     frames = _frames_from(calib, adapter, cfg, bag_mapping)
@@ -630,7 +675,8 @@ def quantize_policy(
         if missing:
             raise ValueError(f"plan asks for activation importance of tensors without a hookable layer: {missing[:5]}")
     t0 = time.perf_counter()
-    calibration = calibrate(adapter, frames, cfg.calib, hsic_targets=hsic_targets, importance_targets=imp_targets)
+    calibration = calibrate(adapter, frames, cfg.calib, hsic_targets=hsic_targets, importance_targets=imp_targets,
+                            gram_targets=gram_targets, gram_max_cols=cfg.gptq.max_cols)
     seconds["calibrate"] = time.perf_counter() - t0
 
     # ---- plan
@@ -667,7 +713,9 @@ def apply_plan(
 ) -> QuantizeResult:
     """Quantize ``weights`` as ``plan`` says (GGML, per-row importance from ``calibration``), refine,
     write the GGUF, the plan YAML and the report.  ``calibration`` must hold every importance the plan
-    names (``activation_importance`` / ``fisher``)."""
+    names (``activation_importance`` / ``fisher``) and, for a ``gptq`` plan, the Gram of every tensor in
+    ``plan.meta["gptq_tensors"]`` (a tensor GPTQ cannot handle -- e.g. H not positive definite after
+    damping -- is quantized imatrix-style instead, logged, and named in ``QuantizeResult.gptq``)."""
     from actquant_core import native
 
     t_start = time.perf_counter() if t_start is None else t_start
@@ -675,9 +723,26 @@ def apply_plan(
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    quantized = quantize_with_plan(
-        plan, weights, lambda W, t, imp: (b"" if t in ("F32", "F16") else native.quantize(W, t, imp, n_threads=cfg.n_threads)),
-        activation_importance=calibration.activation_importance, fisher=calibration.fisher)
+    gptq_names = set(_gram_targets(plan))
+
+    def ggml(W: np.ndarray, t: str, imp: np.ndarray | None) -> bytes:
+        return b"" if t in ("F32", "F16") else native.quantize(W, t, imp, n_threads=cfg.n_threads)
+
+    rest = replace(plan, entries=tuple(e for e in plan.entries if e.name not in gptq_names))
+    quantized = quantize_with_plan(rest, weights, ggml, activation_importance=calibration.activation_importance,
+                                   fisher=calibration.fisher)
+    gptq_status: dict[str, str] = {}
+    if gptq_names:
+        imp = calibration.activation_importance or {}
+        missing = sorted(n for n in gptq_names if n not in imp)
+        if missing:
+            raise KeyError(f"gptq plan: no activation importance for {missing[:5]}")
+        types = {e.name: e.ggml_type for e in plan.entries if e.name in gptq_names}
+        data, gptq_status = gptq_tensors(weights, types, calibration.gram or {}, imp, cfg.gptq,
+                                         ggml, native.dequantize)
+        quantized.update({n: (types[n], b) for n, b in data.items()})
+        n_fb = sum(s != "gptq" for s in gptq_status.values())
+        log.info("GPTQ: %d tensor(s), %d imatrix fallback(s)", len(gptq_status) - n_fb, n_fb)
     seconds["quantize"] = time.perf_counter() - t0
     refined: dict[str, tuple[float, float]] = {}
     if cfg.refine:
@@ -697,7 +762,8 @@ def apply_plan(
     seconds["write"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start
     result = QuantizeResult(plan=plan, gguf_path=out_path, plan_path=plan_path, report_path=None,
-                            file_size=size, seconds=seconds, calibration=calibration, refine=refined)
+                            file_size=size, seconds=seconds, calibration=calibration, refine=refined,
+                            gptq=gptq_status)
     if cfg.report:
         from .report import write_report
 
@@ -734,6 +800,57 @@ class ActionError:
         return asdict(self)
 
 
+def gguf_policy(path: str | os.PathLike[str]) -> tuple[str, Any]:
+    """(family, config object) of a policy GGUF from its header (no tensor is placed, no torch).
+
+    Raises ``ValueError`` for a family without a runtime."""
+    from actquant_core import native
+
+    m = native.GgufModel(path)
+    family = m.metadata(C.KEY_FAMILY)
+    cfg = json.loads(m.metadata(C.KEY_CONFIG_JSON))
+    if family == C.PI05_FAMILY:
+        from actquant_core.policies.pi05.config import Pi05Config
+
+        return family, Pi05Config.from_dict(cfg)
+    if family == C.OFT_FAMILY:
+        from actquant_core.policies.openvla_oft.config import OftConfig
+
+        return family, OftConfig.from_dict(cfg)
+    raise ValueError(f"GGUF {os.fspath(path)!r}: no runtime for policy family {family!r}")
+
+
+def policy_horizon(family: str, config: Any) -> int:
+    """Actions per chunk of a policy config: pi05 ``action_horizon``, OpenVLA-OFT ``chunk``."""
+    if family == C.PI05_FAMILY:
+        return int(config.action_horizon)
+    if family == C.OFT_FAMILY:
+        return int(config.chunk)
+    raise ValueError(f"no action horizon rule for policy family {family!r}")
+
+
+def _oft_observation(config: Any, frame: CalibFrame, camera_map: Mapping[str, str] | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A calibration frame as OFT runtime inputs: images by OFT slot (a frame keyed by slot name is used
+    as is, else ``camera_map`` camera -> slot, default: simulator base -> slot 0, wrist -> slot 1, as
+    :class:`~.adapters.OftAdapter`), state zero-padded to ``proprio_dim``."""
+    slots = tuple(config.image_slots)
+    cams = dict(camera_map) if camera_map is not None else dict(zip((C.SIM_CAMERA_BASE, C.SIM_CAMERA_WRIST), slots))
+    by_slot = {slot: cam for cam, slot in cams.items()}
+    images = {}
+    for slot in slots:
+        key = slot if slot in frame.images else by_slot.get(slot)
+        if key not in frame.images:
+            raise ValueError(f"frame (episode {frame.episode}, t {frame.t}) has cameras {sorted(frame.images)}; "
+                             f"OFT slot {slot!r} is missing (camera map {cams})")
+        images[slot] = frame.images[key]
+    state = np.zeros(config.proprio_dim, np.float32)
+    s = np.asarray(frame.state, np.float32).reshape(-1)
+    if s.shape[0] > config.proprio_dim:
+        raise ValueError(f"frame state has {s.shape[0]} entries, more than the policy's proprio_dim={config.proprio_dim}")
+    state[: s.shape[0]] = s
+    return images, state
+
+
 def runtime_actions(
     gguf: str | os.PathLike[str],
     frames: Sequence[CalibFrame],
@@ -741,26 +858,48 @@ def runtime_actions(
     seed: int = 0,
     n_threads: int | None = None,
     device: str = "cpu",
+    camera_map: Mapping[str, str] | None = None,
 ) -> tuple[np.ndarray, Any]:
-    """Normalised padded actions ``[N, H, action_dim]`` of ``gguf`` on ``frames`` through the native runtime.
+    """Normalised padded actions ``[N, H, action_dim]`` of ``gguf`` on ``frames`` through the native runtime
+    of the GGUF's family (``actquant_core.runtime.load_runtime``).
 
-    Noise frame ``i`` = the ``i``-th draw of ``numpy.random.default_rng(seed)`` (same for every GGUF of
-    the same config).  Returns (actions, the runtime's preprocessor).
+    pi05: flow-matching noise of frame ``i`` = the ``i``-th draw of ``numpy.random.default_rng(seed)``
+    (same for every GGUF of the same config).  OpenVLA-OFT: no noise (deterministic L1 regression head);
+    frame images are mapped to the OFT slots (``camera_map``, see :func:`_oft_observation`).
+    Returns (actions, the runtime's preprocessor).
     """
-    from actquant_core.runtime.pi05 import Pi05Runtime
+    from actquant_core.runtime import load_runtime
 
     if not frames:
         raise ValueError("evaluation set is empty")
-    rt = Pi05Runtime(gguf, n_threads=n_threads, device=device)
+    rt = load_runtime(gguf, n_threads=n_threads, device=device)
     c = rt.config
-    rng = np.random.default_rng(seed)
     out = []
-    for f in frames:
-        inp = rt.preprocessor({k: v for k, v in f.images.items() if k in c.camera_slots}, f.state, f.instruction)
-        noise = rng.standard_normal((c.action_horizon, c.action_dim)).astype(np.float32)
-        a, _, _ = rt.infer_model_inputs(inp, noise)
-        out.append(np.asarray(a, np.float32))
+    if rt.family == C.PI05_FAMILY:
+        rng = np.random.default_rng(seed)
+        for f in frames:
+            inp = rt.preprocessor({k: v for k, v in f.images.items() if k in c.camera_slots}, f.state, f.instruction)
+            noise = rng.standard_normal((c.action_horizon, c.action_dim)).astype(np.float32)
+            a, _, _ = rt.infer_model_inputs(inp, noise)
+            out.append(np.asarray(a, np.float32))
+    elif rt.family == C.OFT_FAMILY:
+        for f in frames:
+            images, state = _oft_observation(c, f, camera_map)
+            a, _, _ = rt.infer_model_inputs(rt.preprocessor(images, state, f.instruction))
+            out.append(np.asarray(a, np.float32))
+    else:  # pragma: no cover - load_runtime knows no other family
+        raise ValueError(f"{gguf}: no evaluation rule for policy family {rt.family!r}")
     return np.stack(out), rt.preprocessor
+
+
+def _robot_actions(preprocessor: Any, A: np.ndarray, d: int) -> np.ndarray:
+    """Normalised ``[N, H, action_dim]`` -> robot units ``[N, H, d]``.  OFT's statistics cover every action
+    dim (its unnormaliser takes the full vector); pi05's cover the un-padded dims."""
+    from actquant_core.policies.openvla_oft.preprocess import OftPreprocessor
+
+    if isinstance(preprocessor, OftPreprocessor):
+        return preprocessor.unnormalize_actions(A.astype(np.float32))[..., :d]
+    return preprocessor.unnormalize_actions(A[..., :d].astype(np.float32), d)
 
 
 def compare_actions(A_q: np.ndarray, A_ref: np.ndarray, preprocessor: Any, action_dims: int) -> ActionError:
@@ -768,16 +907,29 @@ def compare_actions(A_q: np.ndarray, A_ref: np.ndarray, preprocessor: Any, actio
     if A_q.shape != A_ref.shape:
         raise ValueError(f"action arrays differ in shape: {A_q.shape} vs {A_ref.shape}")
     d = int(action_dims)
+    if not 0 < d <= A_q.shape[-1]:
+        raise ValueError(f"action_dims={d} must be in [1, {A_q.shape[-1]}]")
     Aq, Ar = A_q[..., :d].astype(np.float64), A_ref[..., :d].astype(np.float64)
     if not np.isfinite(Aq).all():
         raise FloatingPointError("quantized policy produced non-finite actions")
     diff = Aq - Ar
     den = float(np.square(Ar - Ar.mean(axis=(0, 1), keepdims=True)).sum())
-    rob_q = preprocessor.unnormalize_actions(Aq.astype(np.float32), d)
-    rob_r = preprocessor.unnormalize_actions(Ar.astype(np.float32), d)
+    rob_q = _robot_actions(preprocessor, A_q, d)
+    rob_r = _robot_actions(preprocessor, A_ref, d)
     return ActionError(l1=float(np.abs(diff).mean()), nmse=float(np.square(diff).sum() / max(den, 1e-30)),
                        l1_robot=float(np.abs(rob_q - rob_r).mean()), max_abs=float(np.abs(diff).max()),
                        n_frames=int(A_q.shape[0]))
+
+
+def _stats_action_dims(preprocessor: Any) -> int | None:
+    """Un-padded action dims from the runtime's norm stats (pi05 ``actions``, OFT ``action``), else None."""
+    ns = preprocessor.norm_stats
+    if ns is None:
+        return None
+    stats = getattr(ns, "actions", None)
+    if stats is None:
+        stats = getattr(ns, "action", None)
+    return None if stats is None else int(stats.dim)
 
 
 def evaluate_actions(
@@ -789,16 +941,25 @@ def evaluate_actions(
     n_threads: int | None = None,
     device: str = "cpu",
     action_dims: int | None = None,
+    camera_map: Mapping[str, str] | None = None,
 ) -> ActionError:
-    """Run both GGUFs through the native runtime on ``frames`` with identical noise; compare actions.
+    """Run both GGUFs through their family's native runtime on ``frames`` (identical noise for pi05);
+    compare actions.
 
-    ``reference`` is a GGUF (typically :func:`export_reference`'s F32 file).
+    ``reference`` is a GGUF (typically :func:`export_reference`'s F32 file) of the same family and config;
+    raises ``ValueError`` naming both files and families otherwise (checked from the headers, before any
+    inference).
     """
-    A_r, pre = runtime_actions(reference, frames, seed=seed, n_threads=n_threads, device=device)
-    A_q, pre_q = runtime_actions(gguf, frames, seed=seed, n_threads=n_threads, device=device)
-    if pre_q.config != pre.config:
+    fam_q, cfg_q = gguf_policy(gguf)
+    fam_r, cfg_r = gguf_policy(reference)
+    if fam_q != fam_r:
+        raise ValueError(f"{os.fspath(gguf)} holds a {fam_q!r} policy but the reference {os.fspath(reference)} "
+                         f"a {fam_r!r} one: compare GGUFs of the same policy family")
+    if cfg_q != cfg_r:
         raise ValueError(f"{gguf} and {reference} hold different policy configs")
-    d = action_dims or (pre.norm_stats.actions.dim if pre.norm_stats is not None else frames[0].actions.shape[-1])
+    A_r, pre = runtime_actions(reference, frames, seed=seed, n_threads=n_threads, device=device, camera_map=camera_map)
+    A_q, _ = runtime_actions(gguf, frames, seed=seed, n_threads=n_threads, device=device, camera_map=camera_map)
+    d = action_dims or _stats_action_dims(pre) or frames[0].actions.shape[-1]
     return compare_actions(A_q, A_r, pre, d)
 
 

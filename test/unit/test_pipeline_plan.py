@@ -102,8 +102,8 @@ def test_budget_below_the_cheapest_type_is_a_clear_error(adapter):
 
 
 def test_config_validation_names_the_value():
-    with pytest.raises(ValueError, match="method='gptq'"):
-        PipelineConfig(method="gptq")
+    with pytest.raises(ValueError, match="method='awq'"):
+        PipelineConfig(method="awq")
     with pytest.raises(ValueError, match="bpw must be a finite number > 0, got nan"):
         PipelineConfig(bpw=float("nan"))
     with pytest.raises(ValueError, match="scope='vision'"):

@@ -1,0 +1,322 @@
+"""GPTQ on GGML's grids: second-order error compensation with GGML's own block quantizers.
+
+Reference: Frantar, Ashkboos, Hoefler, Alistarh, "GPTQ: Accurate Post-Training Quantization for
+Generative Pre-trained Transformers", arXiv 2210.17323 (Algorithm 1: Cholesky form of the inverse
+Hessian, lazy batch updates).  Baseline of ActQuant (Akbari et al., arXiv 2605.24011).
+
+Notation (a linear weight ``W`` ``[rows, cols]`` = ``[out_features, in_features]``, GGML rows; the
+calibration inputs ``X`` ``[n, cols]``, one row per token):
+
+* ``H = 2 XᵀX / n`` ``[cols, cols]``; dead columns (``H_cc = 0``) get ``H_cc = 1``; damping
+  ``H += percdamp · mean(diag H) · I``;
+* ``U`` = the upper Cholesky factor of ``H⁻¹`` (``H⁻¹ = UᵀU``).
+
+GGML blocks run along a row, and a block's scales are chosen jointly from all of its weights, so the
+quantization step is a whole *column block* ``S`` of the type's block size (256 for K / IQ quants, 32 for
+Q8_0 / Q4_0 ...) instead of GPTQ's single column: the current (error-updated) ``W[:, S]`` of every row is
+quantized by ``actquant_core.native.quantize`` (imatrix-style importance ``diag(XᵀX)/n`` as GGML's quant
+weights), dequantized to ``Q_S``, and the block's error is propagated with the exact OBS update for
+fixing ``S`` at ``Q_S``::
+
+    E_S = (W_S - Q_S) · U_SS⁻¹              (triangular solve; rows of E are per output row)
+    W_R -= E_S · U_{S,R}                     (R = the columns after S)
+
+which is what GPTQ's column-by-column recursion gives when the quantized values of ``S`` are fixed.
+Updates inside a lazy batch (``lazy_block`` columns, a multiple of the type block) are applied at once
+per block; the rest of ``W`` is updated once per lazy batch (GPTQ's lazy batch).  Act-order is off.
+
+GGML quantizes every block of a row independently of the others, so the tensor's bytes are the per-block
+bytes concatenated row by row, and they equal ``native.quantize`` of the final updated weight
+(:attr:`GptqResult.weight`); ``test_quant_gptq`` checks both.  With ``H ∝ I`` nothing propagates and the
+result is bit-exactly ``native.quantize(W)``.
+
+Statistics: :class:`GramAccumulator` streams ``XᵀX`` per hooked layer during calibration (float64 sums,
+``cols²·8`` bytes per tensor; tensors wider than ``GptqConfig.max_cols`` are not collected and fall back
+to imatrix quantization, see :func:`gptq_eligible`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .types import HIGH_PRECISION_TYPES, type_block
+
+__all__ = [
+    "GptqConfig",
+    "GptqError",
+    "GptqResult",
+    "GramStats",
+    "GramAccumulator",
+    "gptq_eligible",
+    "hessian_from_gram",
+    "gptq_quantize",
+    "gptq_tensors",
+]
+
+log = logging.getLogger(__name__)
+
+QuantizeFn = Callable[[np.ndarray, str, np.ndarray | None], bytes]
+DequantizeFn = Callable[[bytes, str, tuple[int, int]], np.ndarray]
+
+
+class GptqError(ValueError):
+    """GPTQ cannot run on this tensor (non-finite statistics, Hessian not positive definite, ...)."""
+
+
+@dataclass(frozen=True)
+class GptqConfig:
+    """GPTQ settings.
+
+    Attributes:
+        percdamp: damping ``λ = percdamp · mean(diag H)`` added to the diagonal (paper: 0.01).
+        lazy_block: columns per lazy-batch update (rounded up to a multiple of the type's block size).
+        max_cols: tensors whose row length (input features) exceeds this get no Gram statistics
+            (memory ``cols²·8`` bytes each) and fall back to imatrix quantization, logged.
+        device: torch device of the solve ("cpu", "cuda", ...).
+    """
+
+    percdamp: float = 0.01
+    lazy_block: int = 128
+    max_cols: int = 8192
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.percdamp) and self.percdamp >= 0):
+            raise ValueError(f"GptqConfig.percdamp must be finite and >= 0, got {self.percdamp!r}")
+        if self.lazy_block < 1:
+            raise ValueError(f"GptqConfig.lazy_block must be >= 1, got {self.lazy_block!r}")
+        if self.max_cols < 1:
+            raise ValueError(f"GptqConfig.max_cols must be >= 1, got {self.max_cols!r}")
+
+
+@dataclass(frozen=True)
+class GramStats:
+    """``G = Σ xxᵀ`` ``[cols, cols]`` (float64) over ``n`` input rows of one linear layer."""
+
+    gram: np.ndarray
+    n: int
+
+
+class GramAccumulator:
+    """Streams ``XᵀX`` per tensor: ``add_batch(name, x [..., cols])``; ``solve() -> {name: GramStats}``.
+
+    Sums are float64 on the device of the first batch (GPU when calibrating on one).  A tensor wider
+    than ``max_cols`` is refused with a ``ValueError`` (the pipeline never asks for one, see
+    :func:`gptq_eligible`).
+    """
+
+    def __init__(self, max_cols: int = GptqConfig.max_cols) -> None:
+        self.max_cols = int(max_cols)
+        self._sum: dict[str, torch.Tensor] = {}
+        self._count: dict[str, int] = {}
+
+    def add_batch(self, name: str, x: torch.Tensor | np.ndarray) -> None:
+        t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+        if t.ndim == 0:
+            raise ValueError(f"{name}: activation must be [..., cols], got a scalar")
+        t = t.reshape(-1, t.shape[-1]).to(torch.float64)
+        cols = t.shape[1]
+        if cols > self.max_cols:
+            raise ValueError(f"{name}: {cols} input columns exceed the Gram limit max_cols={self.max_cols}")
+        if t.shape[0] == 0:
+            raise ValueError(f"{name}: empty activation batch")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: activation contains NaN or Inf")
+        if name in self._sum:
+            if self._sum[name].shape[0] != cols:
+                raise ValueError(f"{name}: column count changed from {self._sum[name].shape[0]} to {cols}")
+            self._sum[name] += t.T @ t.to(self._sum[name].device)
+            self._count[name] += t.shape[0]
+        else:
+            self._sum[name] = t.T @ t
+            self._count[name] = t.shape[0]
+
+    def solve(self) -> dict[str, GramStats]:
+        if not self._sum:
+            raise ValueError("GramAccumulator.solve: no activation was added")
+        return {n: GramStats(g.cpu().numpy(), self._count[n]) for n, g in self._sum.items()}
+
+
+def gptq_eligible(ggml_type: str, shape: tuple[int, ...], config: GptqConfig) -> str | None:
+    """``None`` when GPTQ applies to a tensor of ``shape`` stored as ``ggml_type``, else why not."""
+    if ggml_type in HIGH_PRECISION_TYPES:
+        return f"{ggml_type} is not quantized"
+    if len(shape) != 2:
+        return f"shape {tuple(shape)} is not a 2-D linear weight"
+    bs, _ = type_block(ggml_type)
+    if shape[1] % bs:
+        return f"row length {shape[1]} is not a multiple of {ggml_type}'s block size {bs}"
+    if shape[1] > config.max_cols:
+        return f"row length {shape[1]} exceeds gptq max_cols={config.max_cols} (Gram memory bound)"
+    return None
+
+
+def hessian_from_gram(stats: GramStats) -> np.ndarray:
+    """``H = 2 G / n`` ``[cols, cols]`` float64."""
+    if stats.n < 1:
+        raise GptqError(f"Gram statistics over n={stats.n} rows")
+    return 2.0 * np.asarray(stats.gram, np.float64) / float(stats.n)
+
+
+@dataclass(frozen=True)
+class GptqResult:
+    """Output of :func:`gptq_quantize`.
+
+    Attributes:
+        data: GGML bytes of the tensor (``rows * row_size``), = ``native.quantize(weight, type, importance)``.
+        weight: the final error-updated weight ``[rows, cols]`` float32 that GGML quantized.
+        loss: GPTQ's objective proxy ``Σ E²`` (sum over the OBS-scaled errors of every block).
+        damp: the damping added to the diagonal.
+        dead_columns: columns with ``H_cc = 0`` (no calibration signal).
+    """
+
+    data: bytes
+    weight: np.ndarray
+    loss: float
+    damp: float
+    dead_columns: int
+
+
+def _importance_slice(importance: np.ndarray | None, j1: int, j2: int) -> np.ndarray | None:
+    if importance is None:
+        return None
+    return np.ascontiguousarray(importance[..., j1:j2])
+
+
+def gptq_quantize(
+    W: np.ndarray,
+    ggml_type: str,
+    H: np.ndarray,
+    importance: np.ndarray | None = None,
+    *,
+    config: GptqConfig | None = None,
+    quantize: QuantizeFn | None = None,
+    dequantize: DequantizeFn | None = None,
+    name: str = "tensor",
+) -> GptqResult:
+    """GPTQ of ``W`` ``[rows, cols]`` as ``ggml_type`` under Hessian ``H`` ``[cols, cols]`` (see module doc).
+
+    Args:
+        W: float weight ``[rows, cols]`` (not modified).
+        ggml_type: a quantized GGML type whose block size divides ``cols``.
+        H: the layer Hessian ``2 XᵀX / n`` (:func:`hessian_from_gram`).
+        importance: GGML quant weights ``[cols]`` or ``[rows, cols]`` (None: GGML's unweighted search).
+        config: :class:`GptqConfig`.
+        quantize / dequantize: GGML codecs (default ``actquant_core.native.quantize`` / ``dequantize``).
+        name: tensor name for messages.
+    Raises ``GptqError`` (a ``ValueError``) for non-finite ``W``/``H``/importance, a shape mismatch, a
+    row length that is not a multiple of the block size, an unquantized type, or an ``H`` that is not
+    positive definite after damping.
+    """
+    cfg = config or GptqConfig()
+    if quantize is None or dequantize is None:
+        from actquant_core import native
+
+        quantize = quantize or native.quantize
+        dequantize = dequantize or native.dequantize
+    W = np.asarray(W, dtype=np.float32)
+    if W.ndim != 2:
+        raise GptqError(f"{name}: GPTQ needs a 2-D weight [rows, cols], got shape {W.shape}")
+    rows, cols = W.shape
+    if ggml_type in HIGH_PRECISION_TYPES:
+        raise GptqError(f"{name}: {ggml_type} is not a quantized type")
+    bs, _ = type_block(ggml_type)
+    if cols % bs:
+        raise GptqError(f"{name}: row length {cols} is not a multiple of {ggml_type}'s block size {bs}")
+    if not np.isfinite(W).all():
+        raise GptqError(f"{name}: weight contains NaN or Inf")
+    H = np.asarray(H, dtype=np.float64)
+    if H.shape != (cols, cols):
+        raise GptqError(f"{name}: Hessian shape {H.shape} does not match {cols} weight columns")
+    if not np.isfinite(H).all():
+        raise GptqError(f"{name}: Hessian contains NaN or Inf")
+    if importance is not None:
+        importance = np.asarray(importance, dtype=np.float32)
+        if importance.shape not in ((cols,), (rows, cols)):
+            raise GptqError(f"{name}: importance shape {importance.shape}; expected ({cols},) or ({rows}, {cols})")
+        if not np.isfinite(importance).all():
+            raise GptqError(f"{name}: importance contains NaN or Inf")
+
+    dev = torch.device(cfg.device)
+    Ht = torch.from_numpy(H.copy()).to(dev)
+    Ht = 0.5 * (Ht + Ht.T)
+    diag = torch.diagonal(Ht)
+    dead = diag == 0
+    n_dead = int(dead.sum())
+    diag[dead] = 1.0
+    damp = cfg.percdamp * float(diag.mean())
+    diag += damp
+    L, info = torch.linalg.cholesky_ex(Ht)
+    if int(info) != 0:
+        raise GptqError(f"{name}: Hessian is not positive definite after damping percdamp={cfg.percdamp} "
+                        f"(leading minor {int(info)} of {cols}); raise the damping or check the calibration inputs")
+    U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+    if int(info) != 0 or not bool(torch.isfinite(U).all()):
+        raise GptqError(f"{name}: the inverse Hessian is not positive definite (ill-conditioned H, "
+                        f"percdamp={cfg.percdamp}); raise the damping")
+
+    Wt = torch.from_numpy(W.copy()).to(dev, torch.float64)  # [rows, cols], updated in place
+    final = np.empty_like(W)
+    blocks: list[np.ndarray] = []  # per type block: [rows, bytes per row of the block]
+    lazy = max(bs, math.ceil(cfg.lazy_block / bs) * bs)
+    loss = 0.0
+    for i1 in range(0, cols, lazy):
+        i2 = min(i1 + lazy, cols)
+        E = torch.zeros(rows, i2 - i1, dtype=torch.float64, device=dev)  # [rows, lazy] OBS-scaled errors
+        for j1 in range(i1, i2, bs):
+            j2 = j1 + bs
+            Wb = np.ascontiguousarray(Wt[:, j1:j2].cpu().numpy().astype(np.float32))  # [rows, bs]
+            raw = quantize(Wb, ggml_type, _importance_slice(importance, j1, j2))
+            Qb = dequantize(raw, ggml_type, (rows, bs))
+            final[:, j1:j2] = Wb
+            blocks.append(np.frombuffer(raw, np.uint8).reshape(rows, -1))
+            err = torch.from_numpy((Wb.astype(np.float64) - Qb.astype(np.float64))).to(dev)  # [rows, bs]
+            Eb = torch.linalg.solve_triangular(U[j1:j2, j1:j2], err, upper=True, left=False)  # Eb U_SS = err
+            E[:, j1 - i1 : j2 - i1] = Eb
+            loss += float(torch.square(Eb).sum())
+            if j2 < i2:
+                Wt[:, j2:i2] -= Eb @ U[j1:j2, j2:i2]
+        if i2 < cols:
+            Wt[:, i2:] -= E @ U[i1:i2, i2:]
+    if not np.isfinite(final).all():
+        raise GptqError(f"{name}: the error-updated weight became non-finite (ill-conditioned H)")
+    data = np.ascontiguousarray(np.concatenate(blocks, axis=1)).tobytes()
+    if n_dead:
+        log.info("%s: %d of %d input columns had no calibration signal (H_cc = 0)", name, n_dead, cols)
+    return GptqResult(data=data, weight=final, loss=loss, damp=damp, dead_columns=n_dead)
+
+
+def gptq_tensors(
+    weights: Mapping[str, np.ndarray],
+    types: Mapping[str, str],
+    grams: Mapping[str, GramStats],
+    importance: Mapping[str, np.ndarray],
+    config: GptqConfig,
+    quantize: QuantizeFn,
+    dequantize: DequantizeFn,
+) -> tuple[dict[str, bytes], dict[str, str]]:
+    """GPTQ of every tensor in ``types`` (name -> GGML type); a tensor GPTQ cannot handle falls back to
+    ``quantize(W, type, importance)`` (imatrix), logged.  Returns (name -> bytes, name -> "gptq" or the
+    fallback reason)."""
+    out: dict[str, bytes] = {}
+    status: dict[str, str] = {}
+    for name, t in types.items():
+        W = np.asarray(weights[name], np.float32)
+        W = W.reshape(-1, W.shape[-1])
+        imp = importance.get(name)
+        try:
+            if name not in grams:
+                raise GptqError(f"{name}: no Gram statistics were collected")
+            res = gptq_quantize(W, t, hessian_from_gram(grams[name]), imp, config=config, quantize=quantize,
+                                dequantize=dequantize, name=name)
+            out[name], status[name] = res.data, "gptq"
+        except GptqError as e:
+            log.warning("GPTQ fallback to imatrix quantization: %s", e)
+            out[name], status[name] = quantize(W, t, imp), f"imatrix fallback: {e}"
+    return out, status
