@@ -86,7 +86,12 @@ def _run_jobs(args: tuple[EvalConfig, list[tuple[str, int]]]) -> list[EpisodeRes
     from actquant_core.sim.env import SimEnv, SimEnvConfig
     from actquant_core.sim.tasks import get_task
 
-    rt = load_runtime(cfg.gguf, n_threads=cfg.threads, seed=cfg.seed)
+    from actquant_core import constants as C
+    from actquant_core import native
+
+    family = native.GgufModel(cfg.gguf).metadata(C.KEY_FAMILY)
+    kw = {"seed": cfg.seed} if family == C.PI05_FAMILY else {}  # OFT decodes deterministically (no noise)
+    rt = load_runtime(cfg.gguf, n_threads=cfg.threads, **kw)
     out = []
     envs: dict[str, SimEnv] = {}
     for key, idx in jobs:
@@ -98,7 +103,8 @@ def _run_jobs(args: tuple[EvalConfig, list[tuple[str, int]]]) -> list[EpisodeRes
         res = EpisodeResult(task=key, init_index=idx, success=False, steps=0, policy_calls=0)
         done = False
         while not done:
-            chunk = rt.infer(Observation(images=obs["images"], state=obs["state"], instruction=obs["instruction"]))
+            chunk = rt.infer(Observation(images=sim_images_to_slots(obs["images"], rt.config),
+                                         state=obs["state"], instruction=obs["instruction"]))
             res.policy_calls += 1
             res.latency_ms.append(chunk.timing_ms.get("total", 0.0))
             for a in chunk.actions[: cfg.replan]:
@@ -117,6 +123,19 @@ def _run_jobs(args: tuple[EvalConfig, list[tuple[str, int]]]) -> list[EpisodeRes
     for env in envs.values():
         env.close()
     return out
+
+
+def sim_images_to_slots(images: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
+    """Sim camera frames -> the policy's image slots.  pi05 slots carry the sim cameras' names; a policy
+    with other slot names (OpenVLA-OFT: ``full_image``, ``wrist_image``) gets the cameras in order
+    (third person, then wrist), which must cover every slot."""
+    slots = tuple(getattr(config, "camera_slots", None) or config.image_slots)
+    if set(images) <= set(slots):
+        return images
+    cams = list(images.values())
+    if len(cams) < len(slots):
+        raise ValueError(f"the simulator renders {list(images)}; the policy needs slots {list(slots)}")
+    return dict(zip(slots, cams))
 
 
 def _write_video(path: Path, frames: list[np.ndarray]) -> None:

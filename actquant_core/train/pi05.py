@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,12 +30,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from actquant_core.constants import PI05_TENSOR_NAMES
 from actquant_core.policies.common.normalize import FeatureStats, NormStats
 from actquant_core.policies.common.tokenizer import SentencePieceTokenizer
 from actquant_core.policies.pi05.canonical import canonical_state_dict, model_from_canonical
 from actquant_core.policies.pi05.config import Pi05Config, get_preset
 from actquant_core.policies.pi05.model import Pi05Model
 from actquant_core.policies.pi05.preprocess import Pi05Preprocessor
+from actquant_core.train.common import (
+    LoopConfig,
+    TrainLoop,
+    area_downsample,
+    chunk_indices,
+    downsample_factor,
+    quantile_bounds,
+    random_shift,
+    read_bf16_shards,
+    write_bf16_shards,
+)
 
 log = logging.getLogger("actquant.train.pi05")
 
@@ -56,10 +67,11 @@ class TrainConfig:
         ema: EMA decay of the saved weights (0 disables).
         seed: torch / numpy seed.
         grad_clip: max gradient norm.
+        shift_pad: random-shift image augmentation (pixels of replicate padding; 0 disables).
     """
 
     preset: str = "pi05-small"
-    batch_size: int = 64
+    batch_size: int = 128
     lr: float = 3e-4
     warmup_steps: int = 300
     weight_decay: float = 1e-4
@@ -67,24 +79,31 @@ class TrainConfig:
     ema: float = 0.999
     seed: int = 0
     grad_clip: float = 1.0
+    shift_pad: int = 4
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.lr <= 0 or self.minutes <= 0:
             raise ValueError(f"TrainConfig: batch_size, lr and minutes must be positive, got {self}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"TrainConfig.ema must be in [0, 1), got {self.ema}")
+        if self.shift_pad < 0:
+            raise ValueError(f"TrainConfig.shift_pad must be >= 0, got {self.shift_pad}")
+
+    def loop(self) -> LoopConfig:
+        return LoopConfig(lr=self.lr, warmup_steps=self.warmup_steps, weight_decay=self.weight_decay,
+                          minutes=self.minutes, ema=self.ema, grad_clip=self.grad_clip)
 
 
 def quantile_stats(x: np.ndarray) -> FeatureStats:
     """q01/q99/mean/std per dimension of x [N, D]."""
-    return FeatureStats(
-        mean=x.mean(0).astype(np.float32), std=x.std(0).astype(np.float32),
-        q01=np.quantile(x, 0.01, axis=0).astype(np.float32), q99=np.quantile(x, 0.99, axis=0).astype(np.float32),
-    )
+    mean, std, q01, q99 = quantile_bounds(x)
+    return FeatureStats(mean=mean, std=std, q01=q01, q99=q99)
 
 
 class FrameDataset:
-    """All frames of a dataset in memory: uint8 images, tokens, normalised state and action chunks."""
+    """All frames of a dataset in memory: uint8 images at the policy's resolution, tokens, normalised
+    state and action chunks.  Camera frames larger than ``cfg.image_size`` are downsampled with
+    :func:`~actquant_core.train.common.area_downsample` (= the runtime's OpenCV INTER_AREA resize)."""
 
     def __init__(self, episodes, cfg: Pi05Config, tokenizer: SentencePieceTokenizer,
                  norm_stats: NormStats | None = None) -> None:
@@ -95,10 +114,10 @@ class FrameDataset:
             if self.cameras is None:
                 self.cameras = tuple(c for c in cfg.camera_slots if c in ep.images)
             T = len(ep)
-            idx = np.minimum(np.arange(T)[:, None] + np.arange(H)[None, :], T - 1)
-            chunks.append(ep.action[idx])  # [T, H, 7]
+            chunks.append(ep.action[chunk_indices(T, H)])  # [T, H, 7]
             states.append(ep.state)
-            imgs.append(np.stack([ep.images[c] for c in self.cameras], axis=1))  # [T, ncam, S, S, 3]
+            frames = np.stack([ep.images[c] for c in self.cameras], axis=1)  # [T, ncam, S, S, 3]
+            imgs.append(area_downsample(frames, downsample_factor(frames.shape[-2], cfg.image_size)))
             instr += [ep.instruction] * T
         if not imgs:
             raise ValueError("no episodes in the dataset")
@@ -126,76 +145,98 @@ class FrameDataset:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def to(self, device: torch.device) -> DeviceFrames:
+        """The whole dataset as tensors on ``device`` (uint8 images stay uint8)."""
+        return DeviceFrames(
+            images=torch.from_numpy(self.images).to(device), tokens=torch.from_numpy(self.tokens).to(device),
+            token_masks=torch.from_numpy(self.token_masks).to(device),
+            actions=torch.from_numpy(self.actions).to(device), slot_index=list(self.slot_index))
 
-def make_batch(ds: FrameDataset, idx: np.ndarray, cfg: Pi05Config, device: torch.device) -> dict[str, torch.Tensor]:
-    """Images uint8 -> [-1, 1] on the device (same formula as policies.common.image.uint8_to_signed_unit)."""
+
+@dataclass
+class DeviceFrames:
+    """A :class:`FrameDataset` resident on the training device (batches are gathered there)."""
+
+    images: torch.Tensor  # uint8 [N, ncam, S, S, 3]
+    tokens: torch.Tensor  # int64 [N, T]
+    token_masks: torch.Tensor  # bool [N, T]
+    actions: torch.Tensor  # float32 [N, H, 32]
+    slot_index: list[int]
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+def make_batch(ds: DeviceFrames, idx: torch.Tensor, cfg: Pi05Config, shift_pad: int = 0,
+               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Images uint8 -> [-1, 1] (same formula as policies.common.image.uint8_to_signed_unit), optional
+    random-shift augmentation per camera; masked slots are -1 with mask False."""
     B = len(idx)
-    img = torch.from_numpy(ds.images[idx]).to(device, non_blocking=True)  # [B, ncam, S, S, 3] uint8
+    device = ds.images.device
+    img = ds.images[idx]  # [B, ncam, S, S, 3] uint8
     x = img.float() * (2.0 / 255.0) - 1.0
     x = x.permute(0, 1, 4, 2, 3)  # [B, ncam, 3, S, S]
     images = torch.full((B, cfg.num_cameras, 3, cfg.image_size, cfg.image_size), -1.0, device=device)
     masks = torch.zeros((B, cfg.num_cameras), dtype=torch.bool, device=device)
     for j, slot in enumerate(ds.slot_index):
-        images[:, slot] = x[:, j]
+        images[:, slot] = random_shift(x[:, j], shift_pad, generator)
         masks[:, slot] = True
     return {
         "images": images,
         "image_masks": masks,
-        "tokens": torch.from_numpy(ds.tokens[idx]).to(device),
-        "token_masks": torch.from_numpy(ds.token_masks[idx]).to(device),
-        "actions": torch.from_numpy(ds.actions[idx]).to(device),
+        "tokens": ds.tokens[idx],
+        "token_masks": ds.token_masks[idx],
+        "actions": ds.actions[idx],
     }
-
-
-SHARD_BYTES = 12 * 2**20
 
 
 def save_trained(out: Path, model: Pi05Model, norm_stats: NormStats, tokenizer: SentencePieceTokenizer,
                  log_data: dict) -> None:
-    from safetensors.numpy import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("model*.safetensors"):
-        old.unlink()
-    tensors = canonical_state_dict(model)
-    bf16 = {k: torch.from_numpy(v).to(torch.bfloat16).view(torch.uint16).numpy() for k, v in tensors.items()}
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
-    for k, v in bf16.items():
-        if size + v.nbytes > SHARD_BYTES and shards[-1]:
-            shards.append({})
-            size = 0
-        shards[-1][k] = v
-        size += v.nbytes
-    for i, shard in enumerate(shards):
-        save_file(shard, str(out / f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"),
-                  metadata={"dtype": "bfloat16", "format": "actquant-canonical"})
+    write_bf16_shards(out, canonical_state_dict(model), "actquant-canonical")
     (out / "pi05_config.json").write_text(model.config.to_json())
     (out / "norm_stats.json").write_text(norm_stats.to_json())
     (out / "tokenizer.model").write_bytes(tokenizer.model_bytes)
     (out / "train_log.json").write_text(json.dumps(log_data, indent=1))
 
 
-def load_trained(path: str | Path) -> tuple[Pi05Config, Pi05Model, NormStats, SentencePieceTokenizer]:
-    """Loads a folder written by ``save_trained`` (the bundled small policies use this format)."""
-    from safetensors.numpy import load_file
+def load_trained(path: str | Path, target: Pi05Config | None = None
+                 ) -> tuple[Pi05Config, Pi05Model, NormStats, SentencePieceTokenizer]:
+    """Loads a folder written by ``save_trained`` (the bundled small policies use this format).
 
+    ``target``: build this config instead of the saved one; allowed when the two differ only in
+    ``image_size`` (a warm start at another resolution: the vision position embedding is resampled
+    bilinearly over the patch grid, every other tensor is kept)."""
     path = Path(path)
     for f in ("pi05_config.json", "norm_stats.json", "tokenizer.model"):
         if not (path / f).exists():
             raise FileNotFoundError(f"{path}: missing {f} (not a trained pi05 folder)")
-    shards = sorted(path.glob("model-*-of-*.safetensors"))
-    if not shards:
-        raise FileNotFoundError(f"{path}: no model-*-of-*.safetensors (not a trained pi05 folder)")
     cfg = Pi05Config.from_json((path / "pi05_config.json").read_text())
-    raw: dict[str, np.ndarray] = {}
-    for shard in shards:
-        raw.update(load_file(str(shard)))
-    tensors = {k: torch.from_numpy(v.astype(np.uint16)).view(torch.bfloat16).float().numpy() for k, v in raw.items()}
+    tensors = read_bf16_shards(path)
+    if target is not None and target != cfg:
+        tensors = _adapt_image_size(tensors, cfg, target, path)
+        cfg = target
     model = model_from_canonical(cfg, tensors)
     ns = NormStats.from_json((path / "norm_stats.json").read_text())
     tok = SentencePieceTokenizer((path / "tokenizer.model").read_bytes(), source=str(path / "tokenizer.model"))
     return cfg, model, ns, tok
+
+
+def _adapt_image_size(tensors: dict[str, np.ndarray], saved: Pi05Config, target: Pi05Config,
+                      path: Path) -> dict[str, np.ndarray]:
+    """Resample the vision position embedding [n_old, W] -> [n_new, W] (bilinear over the patch grid)."""
+    if saved.replace(image_size=target.image_size) != target:
+        raise ValueError(f"{path}: saved config differs from the target config in more than image_size; "
+                         f"saved {saved}, target {target}")
+    name = PI05_TENSOR_NAMES["v_pos_embd"]
+    pos = torch.from_numpy(tensors[name])  # [g_old^2, W]
+    g_old, g_new = saved.image_size // saved.patch_size, target.image_size // target.patch_size
+    grid = pos.reshape(g_old, g_old, -1).permute(2, 0, 1)[None]
+    res = torch.nn.functional.interpolate(grid, size=(g_new, g_new), mode="bilinear", align_corners=False,
+                                          antialias=g_new < g_old)
+    out = dict(tensors)
+    out[name] = res[0].permute(1, 2, 0).reshape(g_new * g_new, -1).contiguous().numpy()
+    log.info("%s: vision position embedding resampled %dx%d -> %dx%d patches", path, g_old, g_old, g_new, g_new)
+    return out
 
 
 def train(data: Path, out: Path, tc: TrainConfig, resume: bool = False, max_episodes: int | None = None,
@@ -203,7 +244,7 @@ def train(data: Path, out: Path, tc: TrainConfig, resume: bool = False, max_epis
     from actquant_core.sim.episodes import read_lerobot
 
     torch.manual_seed(tc.seed)
-    rng = np.random.default_rng(tc.seed)
+    np.random.seed(tc.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = get_preset(tc.preset)
     tokenizer = SentencePieceTokenizer.small()
@@ -211,7 +252,7 @@ def train(data: Path, out: Path, tc: TrainConfig, resume: bool = False, max_epis
     eps = list(read_lerobot(data))
     if max_episodes:
         eps = eps[:max_episodes]
-    init = load_trained(init_from) if init_from is not None else None
+    init = load_trained(init_from, target=cfg) if init_from is not None else None
     ds = FrameDataset(eps, cfg, tokenizer, norm_stats=init[2] if init else None)
     del eps
     load_s = time.time() - t_load
@@ -222,69 +263,43 @@ def train(data: Path, out: Path, tc: TrainConfig, resume: bool = False, max_epis
         model = init[1].to(device)
     else:
         model = Pi05Model(cfg).to(device)
-    with torch.no_grad():  # adaRMS kernels start at zero (openpi): identity modulation, open gates... as in openpi
-        for name, p in model.named_parameters():
-            if ".dense." in name and init_from is None:
-                p.zero_()
-    step0, history = 0, []
+        with torch.no_grad():  # adaRMS kernels start at zero (openpi): identity modulation, open gates
+            for name, p in model.named_parameters():
+                if ".dense." in name:
+                    p.zero_()
+    dev = ds.to(device)
+    del ds.images  # the device copy is the one used from here on
+    loop = TrainLoop(model, tc.loop())
     state_dir = out if state_dir is None else state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
     ckpt = state_dir / "train_state.pt"
     if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        step0, history = int(state["step"]), list(state["history"])
-        log.info("resumed from step %d", step0)
-    ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
-    if resume and ckpt.exists() and "ema" in state:
-        ema = {k: v.to(device) for k, v in state["ema"].items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.95))
-    if resume and ckpt.exists() and "opt" in state:
-        opt.load_state_dict(state["opt"])
+        loop.load_state(ckpt, device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(tc.seed)
     amp = device.type == "cuda"
-    t0 = time.time()
-    budget = tc.minutes * 60.0
-    step = step0
-    losses = []
-    model.train()
-    while True:
-        el = time.time() - t0
-        if el >= budget:
-            break
-        progress = el / budget
-        lr = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        idx = rng.integers(0, len(ds), tc.batch_size)
-        batch = make_batch(ds, idx, cfg, device)
+
+    def loss_fn(step: int) -> torch.Tensor:
+        idx = torch.randint(0, len(dev), (tc.batch_size,), device=device, generator=gen)
+        batch = make_batch(dev, idx, cfg, tc.shift_pad, gen)
         # noise and t ~ Beta(1.5, 1) * 0.999 + 0.001 drawn on the training device (inverse CDF: u^(1/1.5))
-        noise = torch.randn(batch["actions"].shape, device=device)
-        t = torch.rand((len(idx),), device=device).pow(1.0 / 1.5) * 0.999 + 0.001
+        noise = torch.randn(batch["actions"].shape, device=device, generator=gen)
+        t = torch.rand((tc.batch_size,), device=device, generator=gen).pow(1.0 / 1.5) * 0.999 + 0.001
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = model.flow_matching_loss(batch, noise=noise, t=t, loss_action_dims=ROBOT_DIMS)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        step += 1
-        if tc.ema > 0:
-            with torch.no_grad():
-                d = min(tc.ema, (1 + step) / (10 + step))
-                for k, v in model.state_dict().items():
-                    ema[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
-        losses.append(float(loss.detach()))
-        if step % 100 == 0:
-            history.append({"step": step, "loss": float(np.mean(losses)), "lr": lr, "t": time.time() - t0})
-            log.info("step %d loss %.4f lr %.2e (%.0f s)", step, np.mean(losses), lr, time.time() - t0)
-            losses = []
+            return model.flow_matching_loss(batch, noise=noise, t=t, loss_action_dims=ROBOT_DIMS)
+
+    t0 = time.time()
+    history = loop.run(loss_fn)
+    step = loop.step
     train_s = time.time() - t0
-    torch.save({"model": model.state_dict(), "ema": ema, "opt": opt.state_dict(), "step": step, "history": history}, ckpt)
+    loop.save_state(ckpt)
     final = Pi05Model(cfg)
-    final.load_state_dict({k: v.cpu() for k, v in (ema if tc.ema > 0 else model.state_dict()).items()})
+    final.load_state_dict(loop.ema_state())
     final.eval()
     log_data = {
         "train_config": asdict(tc), "steps": step, "frames": len(ds), "episodes_dir": str(data),
-        "load_s": load_s, "train_s": train_s, "device": torch.cuda.get_device_name() if amp else "cpu",
+        "frames_per_s": step * tc.batch_size / max(train_s, 1e-9), "load_s": load_s, "train_s": train_s,
+        "device": torch.cuda.get_device_name() if amp else "cpu",
         "history": history, "params": final.num_parameters(), "init_from": str(init_from) if init_from else None,
     }
     save_trained(out, final, ds.norm_stats, tokenizer, log_data)
@@ -298,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--preset", default="pi05-small")
     ap.add_argument("--minutes", type=float, default=8.0)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--shift-pad", type=int, default=4, help="random-shift augmentation in pixels (0 = off)")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-episodes", type=int, default=None)
@@ -307,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init-from", type=Path, default=None, help="start from this trained policy folder's weights")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    tc = TrainConfig(preset=args.preset, batch_size=args.batch_size, lr=args.lr, minutes=args.minutes, seed=args.seed)
+    tc = TrainConfig(preset=args.preset, batch_size=args.batch_size, lr=args.lr, minutes=args.minutes, seed=args.seed,
+                     shift_pad=args.shift_pad)
     train(args.data, args.out, tc, resume=args.resume, max_episodes=args.max_episodes, state_dir=args.state_dir,
           init_from=args.init_from)
     return 0

@@ -25,6 +25,37 @@ def resize_with_pad_geometry(height: int, width: int, target_h: int, target_w: i
     return rh, rw, pad_top, pad_left
 
 
+def area_downsample(images: np.ndarray, factor: int) -> np.ndarray:
+    """uint8 [..., H, W, C] -> [..., H/f, W/f, C]: the mean of each f x f block, rounded as OpenCV does.
+
+    Bit-exact with ``cv2.resize(img, (W/f, H/f), interpolation=cv2.INTER_AREA)`` for an integer factor f
+    (checked in the tests), so integer downscales need no OpenCV (the GPU machine has none) and training
+    data downsampled with it matches the runtime's pixels.  H and W must be multiples of f.
+    """
+    if images.dtype != np.uint8:
+        raise ValueError(f"area_downsample: expected uint8 images, got {images.dtype}")
+    if factor < 1:
+        raise ValueError(f"area_downsample: factor must be >= 1, got {factor}")
+    if factor == 1:
+        return images.copy()
+    *lead, H, W, C = images.shape
+    if H % factor or W % factor:
+        raise ValueError(f"area_downsample: image {H}x{W} is not a multiple of the factor {factor}")
+    blocks = images.reshape(*lead, H // factor, factor, W // factor, factor, C).astype(np.uint32)
+    s = blocks.sum(axis=(-4, -2))
+    n = factor * factor
+    if factor == 2:  # OpenCV's dedicated 2x path rounds halves up; its generic path rounds to nearest even
+        return ((s + 2) // 4).astype(np.uint8)
+    return np.rint(s / n).astype(np.uint8)
+
+
+def integer_downscale(h: int, w: int, height: int, width: int) -> int:
+    """The integer factor f with h = f*height and w = f*width, or 0 when there is none."""
+    if height <= 0 or width <= 0 or h % height or w % width or h // height != w // width:
+        return 0
+    return h // height
+
+
 def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize an HxWxC uint8 image to height x width keeping the aspect ratio, black-padded, centred.
 
@@ -40,7 +71,10 @@ def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
     h, w = image.shape[:2]
     if (h, w) == (height, width):
         return image.copy()
-    import cv2  # only when a resize is needed (the training machine has no OpenCV; sim frames are 224 px)
+    f = integer_downscale(h, w, height, width)
+    if f > 1:  # = OpenCV INTER_AREA, without OpenCV
+        return area_downsample(image, f)
+    import cv2  # only for non-integer resizes (the training machine has no OpenCV)
 
     rh, rw, top, left = resize_with_pad_geometry(h, w, height, width)
     interp = cv2.INTER_AREA if (rh < h or rw < w) else cv2.INTER_LINEAR

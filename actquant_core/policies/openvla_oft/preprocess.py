@@ -26,7 +26,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from actquant_core.constants import (
@@ -41,6 +40,7 @@ from actquant_core.constants import (
     OFT_STATS_KEY_ACTION,
     OFT_STATS_KEY_PROPRIO,
 )
+from actquant_core.policies.common.image import area_downsample, integer_downscale
 from actquant_core.policies.common.tokenizer import SentencePieceTokenizer
 from actquant_core.policies.openvla_oft.config import OftConfig
 
@@ -182,6 +182,11 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     h, w = image.shape[:2]
     if (h, w) == (size, size):
         return image.copy()
+    f = integer_downscale(h, w, size, size)
+    if f > 1:  # = OpenCV INTER_AREA, without OpenCV
+        return area_downsample(image, f)
+    import cv2  # lazily: the training machine has no OpenCV
+
     interp = cv2.INTER_AREA if (h > size or w > size) else cv2.INTER_LANCZOS4
     return cv2.resize(np.ascontiguousarray(image), (size, size), interpolation=interp)
 
@@ -189,6 +194,8 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
 def center_crop_resize(image: np.ndarray, area: float = OFT_CENTER_CROP_AREA) -> np.ndarray:
     """TF ``crop_and_resize`` of the centred box covering ``area`` of the image, back to the same size.
 
+    Bilinear sampling in float32 at in = y1 (H-1) + i (y2-y1)(H-1)/(out-1) (TF's grid), border pixels
+    replicated; then TF's float -> uint8 conversion of upstream's pipeline (x*255.5 truncated, clipped).
     image [S, S, 3] uint8 -> [S, S, 3] uint8."""
     if not 0.0 < area <= 1.0:
         raise ValueError(f"crop area must be in (0, 1], got {area}")
@@ -196,13 +203,16 @@ def center_crop_resize(image: np.ndarray, area: float = OFT_CENTER_CROP_AREA) ->
     side = float(np.sqrt(area))
     off = (1.0 - side) / 2.0
     x = image.astype(np.float32) / np.float32(255.0)
-    # crop_and_resize: in = y1 (H-1) + i (y2-y1)(H-1)/(out-1), bilinear
     ys = (off * (h - 1) + np.arange(h, dtype=np.float64) * (side * (h - 1) / max(h - 1, 1))).astype(np.float32)
     xs = (off * (w - 1) + np.arange(w, dtype=np.float64) * (side * (w - 1) / max(w - 1, 1))).astype(np.float32)
-    map_x = np.broadcast_to(xs[None, :], (h, w)).copy()
-    map_y = np.broadcast_to(ys[:, None], (h, w)).copy()
-    out = cv2.remap(x, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    out = np.clip(out, 0.0, 1.0)
+    y0 = np.clip(np.floor(ys).astype(np.int64), 0, h - 1)
+    x0 = np.clip(np.floor(xs).astype(np.int64), 0, w - 1)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    wy = (ys - y0.astype(np.float32))[:, None, None]
+    wx = (xs - x0.astype(np.float32))[None, :, None]
+    top = x[y0][:, x0] * (1 - wx) + x[y0][:, x1] * wx
+    bot = x[y1][:, x0] * (1 - wx) + x[y1][:, x1] * wx
+    out = np.clip(top * (1 - wy) + bot * wy, 0.0, 1.0)
     return np.minimum(out * np.float32(255.5), 255.0).astype(np.uint8)
 
 
