@@ -253,19 +253,35 @@ def main(argv: list[str] | None = None, backend_factory: Any = LiberoBackend) ->
         listener.close()
         if a.socket and os.path.exists(a.socket):
             os.unlink(a.socket)
-    backend = None
+    rc = 0
     try:
         try:
             backend = backend_factory()
-        except Exception as e:  # noqa: BLE001 - tell the client why instead of vanishing
-            wire.send_message(conn, wire.error_message(e))
-            raise
-        serve_connection(conn, backend)
-    finally:
-        if backend is not None:
+        except Exception as e:  # noqa: BLE001 - the client learns why from the reply to each request
+            log.exception("environment backend failed to start")
+            backend, rc = _FailedBackend(e), 1
+        try:
+            serve_connection(conn, backend)
+        finally:
             backend.close()
+    finally:
         conn.close()
-    return 0
+    return rc
+
+
+class _FailedBackend:
+    """Answers every request with the error that stopped the real backend from starting."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def _fail(self, *args: Any) -> Any:
+        raise self.exc
+
+    info = tasks = reset = step = _fail
+
+    def close(self) -> None:
+        pass
 
 
 if __name__ == "__main__":

@@ -219,7 +219,10 @@ def _recv_exact(sock: socket.socket, n: int, what: str, allow_eof: bool = False)
     view = memoryview(buf)
     got = 0
     while got < n:
-        k = sock.recv_into(view[got:], n - got)
+        try:
+            k = sock.recv_into(view[got:], n - got)
+        except ConnectionResetError as e:  # the peer closed with unread data of ours in its buffer
+            raise PeerClosedError(f"connection reset by the peer ({what}: {got} of {n} bytes)") from e
         if k == 0:
             if got == 0 and allow_eof:
                 return None
