@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from actquant_core.policies.common.image import resize_with_pad
@@ -150,6 +149,8 @@ def _check_image(img: np.ndarray, name: str) -> np.ndarray:
 
 def jpeg_round_trip(image: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
     """RGB uint8 image -> JPEG (``quality``) -> RGB uint8, as OFT's ``resize_image_for_policy`` does."""
+    import cv2  # lazily: `actquant` imports this module to register eval-libero, also where OpenCV is absent
+
     ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError(f"JPEG encoding failed for an image of shape {image.shape}")

@@ -460,3 +460,19 @@ def test_cli_registers_eval_libero():
     assert (a.command, a.suite, a.episodes, a.protocol, a.tasks) == ("eval-libero", "libero_10", 3, "oft", "0,2")
     with pytest.raises(ValueError, match="suite must be one of"):
         LiberoEvalConfig(gguf="p.gguf", suite="libero_100")
+
+
+def test_two_workers_split_tasks_and_write_partial_results(tmp_path):
+    server, log = _fake_server(tmp_path, goal_x=0.105)  # done on the 11th policy step
+    out = tmp_path / "res" / "eval.json"
+    cfg = LiberoEvalConfig(gguf="unused.gguf", suite="libero_object", tasks=("1", "0"), episodes=2, max_steps=30,
+                           workers=2, out=str(out))
+    res = evaluate(cfg, runtime=StubRuntime(), server=server)
+    # results ordered as requested (task 1 first), each task's episodes in init order, all successful
+    assert [(e["task_index"], e["init_index"], e["success"], e["steps"]) for e in res["episodes"]] == [
+        (1, 0, True, 11), (1, 1, True, 11), (0, 0, True, 11), (0, 1, True, 11)]
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res)) and res["complete"] is True
+    resets = [e["reset"] for e in _events(log) if "reset" in e]
+    assert sorted(r[1:3] for r in resets) == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    with pytest.raises(ValueError, match="server_log is one file"):
+        LiberoEvalConfig(gguf="p.gguf", workers=2, server_log="x.log")
