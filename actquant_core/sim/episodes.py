@@ -176,14 +176,21 @@ def write_lerobot_meta(root: Path, episodes: list[dict], tasks: list[dict], fps:
     (meta / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
 
 
-def read_lerobot(root: Path) -> Iterator[Episode]:
-    """Episodes of a LeRobot-style dataset written by ``write_lerobot_*``."""
+def read_lerobot(root: Path, shard: tuple[int, int] | None = None) -> Iterator[Episode]:
+    """Episodes of a LeRobot-style dataset written by ``write_lerobot_*``.
+
+    ``shard`` = (k, n): only every n-th episode starting at the k-th (files of the others are not read),
+    so n processes can read a dataset in parallel."""
+    if shard is not None and not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"shard must be (k, n) with 0 <= k < n, got {shard}")
     root = Path(root)
     info = json.loads((root / "meta" / "info.json").read_text())
     if info.get("codebase_version") != SIM_DATASET_FORMAT:
         raise ValueError(f"{root}: unsupported dataset format {info.get('codebase_version')!r}; "
                          f"expected {SIM_DATASET_FORMAT!r}")
-    for line in (root / "meta" / "episodes.jsonl").read_text().splitlines():
+    for i, line in enumerate((root / "meta" / "episodes.jsonl").read_text().splitlines()):
+        if shard is not None and i % shard[1] != shard[0]:
+            continue
         e = json.loads(line)
         path = root / info["data_path"].format(chunk=e["episode_index"] // info["chunks_size"],
                                                index=e["episode_index"])

@@ -57,6 +57,37 @@ class LoopConfig:
             raise ValueError(f"LoopConfig.final_lr_frac must be in [0, 1], got {self.final_lr_frac}")
 
 
+def _read_shard(args: tuple[Path, int, int, int, tuple[str, ...]]) -> list:
+    from actquant_core.sim.episodes import read_lerobot
+
+    root, k, n, size, cameras = args
+    out = []
+    for ep in read_lerobot(root, shard=(k, n)):
+        ep.images = {c: area_downsample(ep.images[c], downsample_factor(ep.images[c].shape[-2], size))
+                     for c in cameras if c in ep.images}
+        out.append(ep)
+    return out
+
+
+def read_episodes_at(root: Path, image_size: int, cameras: tuple[str, ...], workers: int = 1,
+                     max_episodes: int | None = None) -> list:
+    """Episodes of a LeRobot-style dataset with camera frames area-downsampled to ``image_size``, read by
+    ``workers`` processes in parallel (decompression dominates); dataset order is kept."""
+    n = max(1, workers)
+    if n == 1:
+        eps = _read_shard((Path(root), 0, 1, image_size, cameras))
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(n) as pool:
+            shards = pool.map(_read_shard, [(Path(root), k, n, image_size, cameras) for k in range(n)])
+        eps = [None] * sum(len(s) for s in shards)
+        for k, shard in enumerate(shards):
+            for j, ep in enumerate(shard):
+                eps[k + j * n] = ep
+    return eps[: max_episodes or None]
+
+
 def downsample_factor(source: int, target: int) -> int:
     """The integer factor taking a ``source`` px image to ``target`` px (error if there is none)."""
     if target <= 0 or source % target:
@@ -103,10 +134,13 @@ class TrainLoop:
         cos = c.final_lr_frac + (1.0 - c.final_lr_frac) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
         return c.lr * warm * cos
 
-    def run(self, loss_fn: Callable[[int], torch.Tensor]) -> list[dict]:
+    def run(self, loss_fn: Callable[[int], torch.Tensor], deadline: float | None = None) -> list[dict]:
+        """Train until the time box (or the wall-clock ``deadline``, a ``time.time()`` value, if earlier)."""
         c = self.cfg
-        budget = c.minutes * 60.0
         t0 = time.time()
+        budget = c.minutes * 60.0 if deadline is None else min(c.minutes * 60.0, deadline - t0)
+        if budget <= 0:
+            raise ValueError(f"no training time left before the deadline ({deadline - t0:.0f} s)")
         losses: list[torch.Tensor] = []
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]

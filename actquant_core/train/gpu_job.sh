@@ -6,12 +6,17 @@
 #   device run (carry: .gl .carry .cache/sdist):
 #       bash actquant_core/train/gpu_job.sh EPISODES_PER_TASK TRAIN_MINUTES [PI05_INIT_DIR] [OFT_INIT_DIR]
 #
+# The whole job ends within $JOB_BUDGET_S seconds (default 560) of its start: training stops early at that
+# deadline (minus a margin for saving), so the results always come back before the device's command limit.
+#
 # Needs, carried in the working tree: .gl/*.deb (EGL loaders, see README "GPU machine") and .carry/wheels
 # (mujoco, mujoco-core, glfw, pyopengl for the machine's Python 3.12).  PI05_INIT_DIR / OFT_INIT_DIR: trained
 # folders to continue from ("-" = none; pi05 may come from another image size: its position embedding is
 # resampled).  Results in $OUT: policies.tar.part-* (both folders; reassemble with `cat policies.tar.part-* | tar x`),
 # demos_report.json, train logs.
 set -uo pipefail
+T_START=$(date +%s)
+DEADLINE=$(( T_START + ${JOB_BUDGET_S:-560} - 25 ))
 EPT=${1:-60}
 MIN=${2:-7}
 PI_INIT=${3:--}
@@ -27,22 +32,22 @@ python3 -c "import torch, mujoco; print('torch', torch.__version__, torch.cuda.g
 
 t0=$(date +%s)
 python3 -m actquant_core.sim.demos --suite all --episodes-per-task "$EPT" --out /tmp/demos --workers 15 \
-        --formats lerobot 2>&1 | tail -1 | cut -c1-300
+        --formats lerobot --no-compress 2>&1 | tail -1 | cut -c1-300
 cp /tmp/demos/demos_report.json "$OUT/" 2>/dev/null
 echo "demos: $(( $(date +%s) - t0 )) s"
 mkdir -p /tmp/policies
 PI_ARGS=(); [ "$PI_INIT" != "-" ] && PI_ARGS=(--init-from "$PI_INIT")
 OFT_ARGS=(); [ "$OFT_INIT" != "-" ] && OFT_ARGS=(--init-from "$OFT_INIT")
 python3 -m actquant_core.train.pi05 --data /tmp/demos/lerobot --out /tmp/policies/pi05-small-sim \
-        --state-dir /tmp/state-pi05 --minutes "$MIN" "${PI_ARGS[@]}" \
+        --state-dir /tmp/state-pi05 --minutes "$MIN" "${PI_ARGS[@]}" --load-workers 7 --deadline $DEADLINE \
         > /tmp/train_pi05.log 2>&1 &
 P1=$!
 python3 -m actquant_core.train.openvla_oft --data /tmp/demos/lerobot --out /tmp/policies/openvla-oft-small-sim \
-        --state-dir /tmp/state-oft --minutes "$MIN" "${OFT_ARGS[@]}" \
+        --state-dir /tmp/state-oft --minutes "$MIN" "${OFT_ARGS[@]}" --load-workers 7 --deadline $DEADLINE \
         > /tmp/train_oft.log 2>&1 &
 P2=$!
 wait $P1; echo "pi05 rc=$?"; wait $P2; echo "oft rc=$?"
 for n in pi05 oft; do grep -v Warning /tmp/train_$n.log | tail -4 | cut -c1-200; grep -v "step [0-9]* loss" /tmp/train_$n.log | tail -30 > "$OUT/train_$n.log"; done
 rm -f /tmp/policies/*/tokenizer.model  # = actquant_core/assets/tokenizers/robot_small.model
 (cd /tmp/policies && tar cf - . | split -b 15m - "$OUT/policies.tar.part-")
-ls -la "$OUT"
+ls -la "$OUT"; echo "job: $(( $(date +%s) - T_START )) s"

@@ -53,6 +53,7 @@ from actquant_core.train.common import (
     chunk_indices,
     downsample_factor,
     quantile_bounds,
+    read_episodes_at,
     read_bf16_shards,
     write_bf16_shards,
 )
@@ -123,7 +124,8 @@ class OftFrames:
                 raise ValueError(f"episode {ep.index}: camera(s) {missing} missing; OFT needs {list(SIM_CAMERAS)}")
             T = len(ep)
             frames = np.stack([ep.images[c] for c in SIM_CAMERAS], axis=1)
-            imgs.append(area_downsample(frames, downsample_factor(frames.shape[-2], cfg.image_size)))
+            imgs.append(frames if frames.shape[-2] == cfg.image_size
+                        else area_downsample(frames, downsample_factor(frames.shape[-2], cfg.image_size)))
             states.append(ep.state)
             chunks.append(ep.action[chunk_indices(T, cfg.chunk)])
             prompt_of += [prompts.setdefault(ep.instruction, len(prompts))] * T
@@ -231,15 +233,14 @@ def load_trained(path: str | Path) -> tuple[OftConfig, OftModel, OftNormStats, S
 
 
 def train(data: Path, out: Path, tc: OftTrainConfig, resume: bool = False, max_episodes: int | None = None,
-          state_dir: Path | None = None, init_from: Path | None = None) -> dict:
-    from actquant_core.sim.episodes import read_lerobot
-
+          state_dir: Path | None = None, init_from: Path | None = None,
+          deadline: float | None = None, load_workers: int = 1) -> dict:
     torch.manual_seed(tc.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = sim_config(tc.preset)
     tokenizer = SentencePieceTokenizer.small()
     t_load = time.time()
-    eps = list(read_lerobot(data))[: max_episodes or None]
+    eps = read_episodes_at(data, cfg.image_size, tuple(SIM_CAMERAS), load_workers, max_episodes)
     init = load_trained(init_from) if init_from is not None else None
     ds = OftFrames(eps, cfg, tokenizer, norm_stats=init[2] if init else None)
     del eps
@@ -272,7 +273,7 @@ def train(data: Path, out: Path, tc: OftTrainConfig, resume: bool = False, max_e
         return loss
 
     t0 = time.time()
-    history = loop.run(loss_fn)
+    history = loop.run(loss_fn, deadline=deadline)
     train_s = time.time() - t0
     loop.save_state(ckpt)
     final = OftModel(cfg)
@@ -303,13 +304,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-episodes", type=int, default=None)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--state-dir", type=Path, default=None)
+    ap.add_argument("--load-workers", type=int, default=1, help="processes reading the dataset")
+    ap.add_argument("--deadline", type=float, default=None,
+                    help="stop training by this wall-clock time (seconds since the epoch), whatever --minutes says")
     ap.add_argument("--init-from", type=Path, default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     tc = OftTrainConfig(preset=args.preset, batch_size=args.batch_size, lr=args.lr, minutes=args.minutes,
                         seed=args.seed, nll_weight=args.nll_weight, crop=not args.no_crop)
     train(args.data, args.out, tc, resume=args.resume, max_episodes=args.max_episodes, state_dir=args.state_dir,
-          init_from=args.init_from)
+          init_from=args.init_from, deadline=args.deadline,
+          load_workers=args.load_workers)
     return 0
 
 

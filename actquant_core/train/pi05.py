@@ -44,6 +44,7 @@ from actquant_core.train.common import (
     chunk_indices,
     downsample_factor,
     quantile_bounds,
+    read_episodes_at,
     random_shift,
     read_bf16_shards,
     write_bf16_shards,
@@ -117,7 +118,8 @@ class FrameDataset:
             chunks.append(ep.action[chunk_indices(T, H)])  # [T, H, 7]
             states.append(ep.state)
             frames = np.stack([ep.images[c] for c in self.cameras], axis=1)  # [T, ncam, S, S, 3]
-            imgs.append(area_downsample(frames, downsample_factor(frames.shape[-2], cfg.image_size)))
+            imgs.append(frames if frames.shape[-2] == cfg.image_size
+                        else area_downsample(frames, downsample_factor(frames.shape[-2], cfg.image_size)))
             instr += [ep.instruction] * T
         if not imgs:
             raise ValueError("no episodes in the dataset")
@@ -240,18 +242,15 @@ def _adapt_image_size(tensors: dict[str, np.ndarray], saved: Pi05Config, target:
 
 
 def train(data: Path, out: Path, tc: TrainConfig, resume: bool = False, max_episodes: int | None = None,
-          state_dir: Path | None = None, init_from: Path | None = None) -> dict:
-    from actquant_core.sim.episodes import read_lerobot
-
+          state_dir: Path | None = None, init_from: Path | None = None,
+          deadline: float | None = None, load_workers: int = 1) -> dict:
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = get_preset(tc.preset)
     tokenizer = SentencePieceTokenizer.small()
     t_load = time.time()
-    eps = list(read_lerobot(data))
-    if max_episodes:
-        eps = eps[:max_episodes]
+    eps = read_episodes_at(data, cfg.image_size, tuple(cfg.camera_slots), load_workers, max_episodes)
     init = load_trained(init_from, target=cfg) if init_from is not None else None
     ds = FrameDataset(eps, cfg, tokenizer, norm_stats=init[2] if init else None)
     del eps
@@ -289,7 +288,7 @@ def train(data: Path, out: Path, tc: TrainConfig, resume: bool = False, max_epis
             return model.flow_matching_loss(batch, noise=noise, t=t, loss_action_dims=ROBOT_DIMS)
 
     t0 = time.time()
-    history = loop.run(loss_fn)
+    history = loop.run(loss_fn, deadline=deadline)
     step = loop.step
     train_s = time.time() - t0
     loop.save_state(ckpt)
@@ -320,13 +319,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-episodes", type=int, default=None)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--state-dir", type=Path, default=None, help="where train_state.pt goes (default: --out)")
+    ap.add_argument("--load-workers", type=int, default=1, help="processes reading the dataset")
+    ap.add_argument("--deadline", type=float, default=None,
+                    help="stop training by this wall-clock time (seconds since the epoch), whatever --minutes says")
     ap.add_argument("--init-from", type=Path, default=None, help="start from this trained policy folder's weights")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     tc = TrainConfig(preset=args.preset, batch_size=args.batch_size, lr=args.lr, minutes=args.minutes, seed=args.seed,
                      shift_pad=args.shift_pad)
     train(args.data, args.out, tc, resume=args.resume, max_episodes=args.max_episodes, state_dir=args.state_dir,
-          init_from=args.init_from)
+          init_from=args.init_from, deadline=args.deadline,
+          load_workers=args.load_workers)
     return 0
 
 
