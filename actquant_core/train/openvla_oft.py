@@ -234,10 +234,11 @@ def load_trained(path: str | Path) -> tuple[OftConfig, OftModel, OftNormStats, S
 
 def train(data: Path, out: Path, tc: OftTrainConfig, resume: bool = False, max_episodes: int | None = None,
           state_dir: Path | None = None, init_from: Path | None = None,
-          deadline: float | None = None, load_workers: int = 1) -> dict:
+          deadline: float | None = None, load_workers: int = 1, config=None) -> dict:
+    """Train (see the module doc); ``config`` overrides the preset's config (tests, experiments)."""
     torch.manual_seed(tc.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = sim_config(tc.preset)
+    cfg = sim_config(tc.preset) if config is None else config
     tokenizer = SentencePieceTokenizer.small()
     t_load = time.time()
     eps = read_episodes_at(data, cfg.image_size, tuple(SIM_CAMERAS), load_workers, max_episodes)

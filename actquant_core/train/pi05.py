@@ -243,11 +243,12 @@ def _adapt_image_size(tensors: dict[str, np.ndarray], saved: Pi05Config, target:
 
 def train(data: Path, out: Path, tc: TrainConfig, resume: bool = False, max_episodes: int | None = None,
           state_dir: Path | None = None, init_from: Path | None = None,
-          deadline: float | None = None, load_workers: int = 1) -> dict:
+          deadline: float | None = None, load_workers: int = 1, config=None) -> dict:
+    """Train (see the module doc); ``config`` overrides the preset's config (tests, experiments)."""
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = get_preset(tc.preset)
+    cfg = get_preset(tc.preset) if config is None else config
     tokenizer = SentencePieceTokenizer.small()
     t_load = time.time()
     eps = read_episodes_at(data, cfg.image_size, tuple(cfg.camera_slots), load_workers, max_episodes)
