@@ -147,6 +147,9 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gptq-max-cols", type=int, default=8192,
                    help="method gptq: wider tensors (input features) get no XᵀX (cols² float64 each) and fall back "
                         "to imatrix quantization (default 8192)")
+    p.add_argument("--gptq-intra-group", type=int, default=16,
+                   help="method gptq: columns per step of the recursion inside a 256-block (0 = block-wise only; "
+                        "cost 2 + 256/N GGML quantizations per block; default 16)")
     p.add_argument("--threads", type=int, default=None, help="GGML quantization threads")
     p.add_argument("--no-report", action="store_true", help="skip the Markdown/PNG report")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -171,6 +174,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                          split=args.split, holdout_every=args.holdout_every, seed=args.seed, calib=calib,
                          n_threads=args.threads, report=not args.no_report,
                          gptq=GptqConfig(percdamp=args.gptq_damp, max_cols=args.gptq_max_cols,
+                                         intra_group=args.gptq_intra_group,
                                          device=args.device if str(args.device or "").startswith("cuda") else "cpu"))
     res = quantize_policy(args.checkpoint, args.calib, out_path=args.output, plan=args.plan, config=cfg,
                           bag_mapping=_bag_mapping(args.bag_topics), tokenizer=args.tokenizer)

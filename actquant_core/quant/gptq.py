@@ -145,7 +145,8 @@ class GramAccumulator:
         if name in self._sum:
             if self._sum[name].shape[0] != cols:
                 raise ValueError(f"{name}: column count changed from {self._sum[name].shape[0]} to {cols}")
-            self._sum[name] += t.T @ t.to(self._sum[name].device)
+            t = t.to(self._sum[name].device)
+            self._sum[name] += t.T @ t
             self._count[name] += t.shape[0]
         else:
             self._sum[name] = t.T @ t

@@ -252,5 +252,6 @@ def test_cli_accepts_gptq_options():
     from actquant_core.cli import build_parser
 
     args = build_parser().parse_args(["quantize", "--checkpoint", "random:pi05-small", "--calib", "x", "-o", "y.gguf",
-                                      "--method", "gptq", "--gptq-damp", "0.05", "--gptq-max-cols", "4096"])
-    assert (args.method, args.gptq_damp, args.gptq_max_cols) == ("gptq", 0.05, 4096)
+                                      "--method", "gptq", "--gptq-damp", "0.05", "--gptq-max-cols", "4096",
+                                      "--gptq-intra-group", "32"])
+    assert (args.method, args.gptq_damp, args.gptq_max_cols, args.gptq_intra_group) == ("gptq", 0.05, 4096, 32)
