@@ -1,12 +1,15 @@
-"""Quantization table: every method x bpw on pi05-small -> action error vs full precision, size, time.
+"""Quantization table: every method x bpw on pi05-small / openvla-oft-small -> action error vs full precision,
+size, time.
 
-    python bench/quant_table.py [--checkpoint TRAINED_DIR] [--calib DATASET] [--calib-frames 32]
-                                [--eval-frames 16] [--bpw 4,3.5,3,2.5,2.25] [--device cpu|cuda]
+    python bench/quant_table.py [--family pi05|oft] [--checkpoint TRAINED_DIR] [--calib DATASET]
+                                [--calib-frames 32] [--eval-frames 16] [--bpw 4,3.5,3,2.5,2.25] [--device cpu|cuda]
                                 [--out bench/results/quant_table.json]
 
-Policy: the trained folder given with ``--checkpoint`` (``actquant_core.train.pi05`` format), else
-``pi05-small`` with seeded random weights (``Pi05Model.init_random``) -- the JSON's ``meta.model`` says
-which.  Calibration data: ``--calib`` (LeRobot-style dataset / demos folder / bags), else a small set of
+Policy: the trained folder given with ``--checkpoint`` (``actquant_core.train.pi05`` format / an OFT
+checkpoint folder), else the family's small preset with seeded random weights (``--family pi05``:
+``pi05-small``; ``--family oft``: ``openvla-oft-small``, results default to ``quant_table_oft.json``) --
+the JSON's ``meta.model`` says which.  OFT has no noise input (deterministic L1 head): its rows compare
+the deterministic action chunks.  Calibration data: ``--calib`` (LeRobot-style dataset / demos folder / bags), else a small set of
 simulated demonstrations generated into ``--work`` (``actquant_core.sim.demos``).  Calibration frames
 come from the calibration split, evaluation frames from the held-out episodes (``holdout_every``).
 
@@ -19,7 +22,8 @@ plan + GGML quantization + write; ``meta.calibration_seconds`` gives the shared 
 the native runtime on the evaluation frames, identical noise for the F32 reference and each GGUF;
 ``l1`` / ``nmse`` in normalised action space over the un-padded action dims.
 
-Rows: the six methods over the paper's scope (LM backbone allocated, vision fixed K-quant, expert F16)
+Rows: the seven methods (``gptq``: uniform type, GPTQ's Hessian compensation on GGML's grids, XᵀX of every
+hooked layer up to ``GptqConfig.max_cols`` columns collected with the shared statistics) over the paper's scope (LM backbone allocated, vision fixed K-quant, expert F16)
 plus "beyond the paper" ActQuant variants: ``actquant+inactive`` (last-LM-layer weights no action
 depends on get the cheapest type), ``actquant+floor`` (scores floored at half their positive mean, so
 no tensor with a clipped-to-zero sensitivity lands on IQ1_S), ``actquant/hsic_out_y`` (score
@@ -44,6 +48,8 @@ import numpy as np
 log = logging.getLogger("bench.quant_table")
 
 ROOT = Path(__file__).resolve().parents[1]
+#: --family -> random-weights preset (``random:<preset>:<seed>``)
+FAMILY_PRESETS = {"pi05": "pi05-small", "oft": "openvla-oft-small"}
 DEFAULT_BPW = (4.0, 3.5, 3.0, 2.5, 2.25)
 #: (row label, method, PipelineConfig overrides)
 VARIANTS = (
@@ -53,6 +59,7 @@ VARIANTS = (
     ("generic", "generic", {}),
     ("hsic-only", "hsic-only", {}),
     ("fisher-only", "fisher-only", {}),
+    ("gptq", "gptq", {}),
     ("actquant+inactive", "actquant", {"inactive": "cheapest"}),
     ("actquant+floor", "actquant", {"score_floor": 0.5}),
     ("actquant/hsic_out_y", "actquant", {"score": "hsic_out_y"}),
@@ -75,7 +82,10 @@ def _demos(work: Path, seed: int) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=None, help="trained pi05 folder (default: pi05-small random weights)")
+    ap.add_argument("--family", choices=tuple(FAMILY_PRESETS), default="pi05",
+                    help="policy family of the random-weights preset (default pi05)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="trained policy folder (default: the family's small preset with random weights)")
     ap.add_argument("--calib", default=None, help="calibration dataset (default: generate simulated demos)")
     ap.add_argument("--calib-frames", type=int, default=32)
     ap.add_argument("--eval-frames", type=int, default=16)
@@ -88,30 +98,38 @@ def main(argv: list[str] | None = None) -> int:
                          "recorded ones for a trained policy)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "bench_quant")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quant_table.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON output (default bench/results/quant_table.json; quant_table_oft.json for --family oft)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     from actquant_core.quant.calibrate import CalibConfig, calibrate, calibrate_fisher, load_episodes, sample_frames
+    from actquant_core.quant.gptq import GptqConfig
     from actquant_core.quant.importance import weighted_error_fn
     from actquant_core.quant.pipeline import (
         PipelineConfig, apply_plan, build_plan, compare_actions, export_reference, load_policy, runtime_actions)
+    from actquant_core import constants as C
     from actquant_core import native
 
     t_all = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
-    ckpt = args.checkpoint or f"random:pi05-small:{args.seed}"
+    preset = FAMILY_PRESETS[args.family]
+    if args.out is None:
+        args.out = ROOT / "bench" / "results" / ("quant_table.json" if args.family == "pi05" else "quant_table_oft.json")
+    calib_src = Path(args.calib) if args.calib else _demos(args.work, args.seed)  # demos shared by the families
+    args.work = args.work / args.family if args.family != "pi05" else args.work
+    args.work.mkdir(parents=True, exist_ok=True)
+    ckpt = args.checkpoint or f"random:{preset}:{args.seed}"
     adapter = load_policy(ckpt)
     cfg_model = adapter.config
-    calib_src = Path(args.calib) if args.calib else _demos(args.work, args.seed)
-    H = cfg_model.action_horizon
+    H = getattr(adapter, "action_horizon", None) or cfg_model.action_horizon
     frames = sample_frames(load_episodes(calib_src), H, args.calib_frames, seed=args.seed, split="calib")
     eval_frames = sample_frames(load_episodes(calib_src), H, args.eval_frames, seed=args.seed + 1, split="holdout")
     eval_split = "holdout"
     if not eval_frames:
         eval_frames = sample_frames(load_episodes(calib_src), H, args.eval_frames, seed=args.seed + 1, split="all")
         eval_split = "all (no held-out episode)"
-    if adapter.norm_stats is None:
+    if adapter.norm_stats is None and adapter.family == C.PI05_FAMILY:
         # random weights have no statistics: use the calibration set's, so normalised actions are O(1)
         from actquant_core.policies.common.normalize import NormStats
         from actquant_core.policies.pi05.preprocess import Pi05Preprocessor
@@ -126,8 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     targets = args.targets if args.targets != "auto" else ("data" if args.checkpoint else "policy")
     calib_cfg = CalibConfig(batch_size=8, seed=args.seed, device=args.device, progress=False, targets=targets)
     specs_all = [t.name for t in adapter.linear_targets()]
+    shapes = {t.name: t.shape for t in adapter.tensor_table()}
+    gptq_cfg = GptqConfig(device=args.device if str(args.device).startswith("cuda") else "cpu")
+    gram_all = ([n for n in specs_all if shapes[n][-1] <= gptq_cfg.max_cols]
+                if any(v[1] == "gptq" and v[0] in set(args.variants.split(",")) for v in VARIANTS) else [])
     t0 = time.perf_counter()
-    cal = calibrate(adapter, frames, calib_cfg, hsic_targets=specs_all, importance_targets=specs_all)
+    cal = calibrate(adapter, frames, calib_cfg, hsic_targets=specs_all, importance_targets=specs_all,
+                    gram_targets=gram_all, gram_max_cols=gptq_cfg.max_cols)
     quantizable = [t.name for t in adapter.tensor_table() if len(t.shape) >= 2 and t.group not in ("position",)]
     t1 = time.perf_counter()
     fisher, nb, losses, fisher_s = calibrate_fisher(adapter, frames, calib_cfg, quantizable)
@@ -147,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         if label not in wanted:
             continue
         for bpw in bpws:
-            pc = PipelineConfig(method=method, bpw=bpw, report=False, n_threads=n_threads, calib=calib_cfg, **overrides)
+            pc = PipelineConfig(method=method, bpw=bpw, report=False, n_threads=n_threads, calib=calib_cfg, gptq=gptq_cfg,
+                                **overrides)
             row = {"variant": label, "method": method, "scope": pc.scope, "inactive": pc.inactive, "score": pc.score,
                    "score_floor": pc.score_floor, "bpw": bpw}
             t0 = time.perf_counter()
@@ -172,16 +196,20 @@ def main(argv: list[str] | None = None) -> int:
                      plan.bpw_backbone, plan.bpw_whole, err.l1, err.nmse, res.file_size / 1e6)
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": "pi05-small, trained" if args.checkpoint else
-                 "pi05-small with RANDOM weights (Pi05Model.init_random; no trained policy existed yet) -- "
-                 "errors measure quantization noise propagation, not task performance",
+        "model": f"{args.family}, trained ({ckpt})" if args.checkpoint else
+                 f"{preset} with RANDOM weights (init_random) -- errors measure quantization noise propagation, "
+                 "not task performance",
+        "family": adapter.family,
         "checkpoint": ckpt, "params": int(sum(w.size for w in weights.values())),
         "calib": str(calib_src), "calib_frames": len(frames), "eval_frames": len(eval_frames), "eval_split": eval_split,
         "fisher_batches": nb, "targets": targets, "calibration_seconds": calib_seconds, "device": args.device,
         "cpu": platform.processor() or platform.machine(), "cpus": len(os.sched_getaffinity(0)),
         "reference_bytes": ref.stat().st_size, "seed": args.seed, "wall_seconds": time.perf_counter() - t_all,
-        "error_space": "normalised actions (quantile norm stats; the calibration set's for random weights), "
-                       "un-padded dims; nmse = sum sq err / sum sq deviation of the reference",
+        "error_space": ("normalised actions (quantile norm stats; the calibration set's for random weights), "
+                        "un-padded dims; nmse = sum sq err / sum sq deviation of the reference")
+                       if adapter.family == C.PI05_FAMILY else
+                       ("the policy's normalised action chunks (identity statistics for random weights), un-padded dims; "
+                        "deterministic head, no noise; nmse = sum sq err / sum sq deviation of the reference"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
@@ -189,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
 
     write_comparison(args.work / "quant_table.md",
                      [{**r, "method": r["variant"]} for r in rows if r.get("status") == "ok"],
-                     title=f"pi05-small ({'trained' if args.checkpoint else 'random weights'})")
+                     title=f"{preset if not args.checkpoint else args.family} "
+                           f"({'trained' if args.checkpoint else 'random weights'})")
     log.info("wrote %s (%d rows) in %.0f s", args.out, len(rows), meta["wall_seconds"])
     return 0
 
