@@ -128,3 +128,22 @@ def test_cli_eval_actions_oft(files, capsys):
     assert res[str(f32)]["l1"] == 0.0 and res[str(f32)]["n_frames"] == 2
     A_ref, _ = runtime_actions(f32, _frames(adapter.config, n=1), n_threads=1)
     assert 0.0 < res[str(q4)]["l1"] < MAX_REL_L1_Q4K * float(np.abs(A_ref[..., :7]).mean())
+
+
+def test_gptq_oft_gguf_evaluates(files):
+    """method gptq on OFT (Llama q/k/v/o/gate/up/down hooked through OftAdapter.rows) -> a GGUF that
+    eval-actions runs against the F32 reference."""
+    from actquant_core.quant.calibrate import CalibConfig
+    from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
+
+    root, adapter, f32, q4, _ = files
+    frames = _frames(adapter.config, n=3)
+    cfg = PipelineConfig(method="gptq", bpw=4.5, menu=("Q2_K", "Q3_K", "Q4_K"), report=False, n_threads=1,
+                         calib=CalibConfig(batch_size=3, progress=False, device="cpu"))
+    res = quantize_policy(adapter, frames, out_path=root / "gptq.gguf", config=cfg)
+    lm = {e.name for e in res.plan.entries if e.role == "linear"}
+    assert len(lm) == 7 * adapter.config.lm_depth and set(res.gptq) == lm and set(res.gptq.values()) == {"gptq"}
+    err = evaluate_actions(res.gguf_path, f32, frames, n_threads=1)
+    q4_err = evaluate_actions(q4, f32, frames, n_threads=1)
+    # only the LM is quantized (vision Q4_K fixed, projector / head F16): less error than every weight at Q4_K
+    assert np.isfinite(err.l1) and 0.0 < err.l1 < q4_err.l1
