@@ -578,6 +578,8 @@ def _gram_targets(plan: QuantPlan) -> list[str]:
     if plan.method != "gptq":
         return []
     names = list(plan.meta.get("gptq_tensors") or [])
+    if not names:
+        log.warning("gptq plan lists no tensor in meta.gptq_tensors: every tensor is quantized imatrix-style")
     known = {e.name for e in plan.entries}
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -899,7 +901,9 @@ def _robot_actions(preprocessor: Any, A: np.ndarray, d: int) -> np.ndarray:
 
     if isinstance(preprocessor, OftPreprocessor):
         return preprocessor.unnormalize_actions(A.astype(np.float32))[..., :d]
-    return preprocessor.unnormalize_actions(A[..., :d].astype(np.float32), d)
+    # delta policies: the relative motion (a zero state) -- differences equal those of absolute targets
+    zero_state = np.zeros(A.shape[:-2] + (preprocessor.config.state_dim,), np.float32)
+    return preprocessor.unnormalize_actions(A[..., :d].astype(np.float32), d, state=zero_state)
 
 
 def compare_actions(A_q: np.ndarray, A_ref: np.ndarray, preprocessor: Any, action_dims: int) -> ActionError:
