@@ -92,7 +92,7 @@ class Pi05Runtime:
         actions, timing, _ = self.infer_model_inputs(inputs, noise)
         if not np.all(np.isfinite(actions)):
             raise FloatingPointError("pi05: the policy produced non-finite actions")
-        out = self.preprocessor.unnormalize_actions(actions)
+        out = self.preprocessor.unnormalize_actions(actions, state=obs.state)
         timing = dict(timing)
         timing["preprocess"] = (t1 - t0) * 1e3
         timing["total"] = (time.perf_counter() - t0) * 1e3

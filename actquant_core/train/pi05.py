@@ -69,6 +69,7 @@ class TrainConfig:
         seed: torch / numpy seed.
         grad_clip: max gradient norm.
         shift_pad: random-shift image augmentation (pixels of replicate padding; 0 disables).
+        delta_action_dims: override the preset's ``delta_action_dims`` (None keeps it).
     """
 
     preset: str = "pi05-small"
@@ -81,6 +82,7 @@ class TrainConfig:
     seed: int = 0
     grad_clip: float = 1.0
     shift_pad: int = 4
+    delta_action_dims: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.lr <= 0 or self.minutes <= 0:
@@ -126,10 +128,13 @@ class FrameDataset:
         self.images = np.concatenate(imgs)
         state = np.concatenate(states).astype(np.float32)
         actions = np.concatenate(chunks).astype(np.float32)
+        rel = actions.copy()
+        k = cfg.delta_action_dims
+        rel[..., :k] -= state[:, None, :k]  # statistics of what the model predicts
         self.norm_stats = norm_stats or NormStats(
-            state=quantile_stats(state), actions=quantile_stats(actions.reshape(-1, ROBOT_DIMS)))
+            state=quantile_stats(state), actions=quantile_stats(rel.reshape(-1, ROBOT_DIMS)))
         pre = Pi05Preprocessor(cfg, tokenizer, self.norm_stats)
-        self.actions = pre.normalize_actions(actions)  # [N, H, 32]
+        self.actions = pre.normalize_actions(actions, state)  # [N, H, 32] (delta dims relative to the state)
         toks, masks = [], []
         from actquant_core.policies.pi05.preprocess import build_prompt_tokens
 
@@ -207,7 +212,8 @@ def load_trained(path: str | Path, target: Pi05Config | None = None
 
     ``target``: build this config instead of the saved one; allowed when the two differ only in
     ``image_size`` (a warm start at another resolution: the vision position embedding is resampled
-    bilinearly over the patch grid, every other tensor is kept)."""
+    bilinearly over the patch grid, every other tensor is kept) and/or ``delta_action_dims`` (a warm
+    start that re-learns the action parameterisation; the norm stats then come from the new data)."""
     path = Path(path)
     for f in ("pi05_config.json", "norm_stats.json", "tokenizer.model"):
         if not (path / f).exists():
@@ -226,9 +232,11 @@ def load_trained(path: str | Path, target: Pi05Config | None = None
 def _adapt_image_size(tensors: dict[str, np.ndarray], saved: Pi05Config, target: Pi05Config,
                       path: Path) -> dict[str, np.ndarray]:
     """Resample the vision position embedding [n_old, W] -> [n_new, W] (bilinear over the patch grid)."""
-    if saved.replace(image_size=target.image_size) != target:
-        raise ValueError(f"{path}: saved config differs from the target config in more than image_size; "
-                         f"saved {saved}, target {target}")
+    if saved.replace(image_size=target.image_size, delta_action_dims=target.delta_action_dims) != target:
+        raise ValueError(f"{path}: saved config differs from the target config in more than image_size / "
+                         f"delta_action_dims; saved {saved}, target {target}")
+    if saved.image_size == target.image_size:
+        return tensors
     name = PI05_TENSOR_NAMES["v_pos_embd"]
     pos = torch.from_numpy(tensors[name])  # [g_old^2, W]
     g_old, g_new = saved.image_size // saved.patch_size, target.image_size // target.patch_size
@@ -249,11 +257,15 @@ def train(data: Path, out: Path, tc: TrainConfig, resume: bool = False, max_epis
     np.random.seed(tc.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = get_preset(tc.preset) if config is None else config
+    if tc.delta_action_dims is not None:
+        cfg = cfg.replace(delta_action_dims=tc.delta_action_dims)
     tokenizer = SentencePieceTokenizer.small()
     t_load = time.time()
     eps = read_episodes_at(data, cfg.image_size, tuple(cfg.camera_slots), load_workers, max_episodes)
     init = load_trained(init_from, target=cfg) if init_from is not None else None
-    ds = FrameDataset(eps, cfg, tokenizer, norm_stats=init[2] if init else None)
+    same_actions = init is not None and Pi05Config.from_json(
+        (Path(init_from) / "pi05_config.json").read_text()).delta_action_dims == cfg.delta_action_dims
+    ds = FrameDataset(eps, cfg, tokenizer, norm_stats=init[2] if same_actions else None)
     del eps
     load_s = time.time() - t_load
 
@@ -314,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="pi05-small")
     ap.add_argument("--minutes", type=float, default=8.0)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--delta-action-dims", type=int, default=None,
+                    help="first k action dims relative to the state (default: the preset's)")
     ap.add_argument("--shift-pad", type=int, default=4, help="random-shift augmentation in pixels (0 = off)")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--seed", type=int, default=0)
@@ -327,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     tc = TrainConfig(preset=args.preset, batch_size=args.batch_size, lr=args.lr, minutes=args.minutes, seed=args.seed,
-                     shift_pad=args.shift_pad)
+                     shift_pad=args.shift_pad, delta_action_dims=args.delta_action_dims)
     train(args.data, args.out, tc, resume=args.resume, max_episodes=args.max_episodes, state_dir=args.state_dir,
           init_from=args.init_from, deadline=args.deadline,
           load_workers=args.load_workers)

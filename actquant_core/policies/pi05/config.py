@@ -78,6 +78,9 @@ class Pi05Config:
         discrete_state_input: put the quantile-normalised, 256-bin discretised state in the prompt
             (lerobot and openpi ``pi05_base``: True; openpi ``pi05_libero``: False).
         time_min_period / time_max_period: sin-cos time embedding periods (4e-3, 4.0).
+        delta_action_dims: the first k robot action dims are relative to the first k state dims (openpi's
+            ``DeltaActions``): the model's chunk holds ``a_t - s`` for the observation's state ``s``, and the
+            preprocessor adds ``s`` back.  0 (default, openpi checkpoints' own convention) = absolute.
     """
 
     # vision
@@ -111,6 +114,7 @@ class Pi05Config:
     state_dim: int = 32
     camera_slots: tuple[str, ...] = PI05_CAMERA_SLOTS
     discrete_state_input: bool = True
+    delta_action_dims: int = 0
     time_min_period: float = 4e-3
     time_max_period: float = 4.0
 
@@ -159,6 +163,9 @@ class Pi05Config:
             raise ValueError(f"Pi05Config.camera_slots must be a non-empty tuple, got {self.camera_slots!r}")
         if len(set(self.camera_slots)) != len(self.camera_slots):
             raise ValueError(f"Pi05Config.camera_slots has duplicates: {self.camera_slots!r}")
+        if not 0 <= self.delta_action_dims <= min(self.state_dim, self.action_dim):
+            raise ValueError(f"Pi05Config.delta_action_dims must be in [0, min(state_dim, action_dim)], "
+                             f"got {self.delta_action_dims}")
         if not isinstance(self.discrete_state_input, bool):
             raise ValueError(f"Pi05Config.discrete_state_input must be a bool, got {self.discrete_state_input!r}")
 

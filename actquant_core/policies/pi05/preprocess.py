@@ -148,23 +148,49 @@ class Pi05Preprocessor:
         )
         return Pi05Inputs(pixels[None], masks[None], tokens[None], tmask[None], norm_state[None])
 
-    def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
-        """Robot actions [..., H, d] -> model space [..., H, action_dim] (normalised, zero-padded)."""
+    def normalize_actions(self, actions: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
+        """Robot actions [..., H, d] -> model space [..., H, action_dim] (normalised, zero-padded).
+
+        With ``config.delta_action_dims`` = k > 0 the first k dims are made relative to ``state`` [..., >= k]
+        (the observation's robot state) first; ``state`` is then required."""
         actions = np.asarray(actions, dtype=np.float32)
         d = actions.shape[-1]
         if d > self.config.action_dim:
             raise ValueError(f"actions have {d} dims > action_dim {self.config.action_dim}")
+        k = self.config.delta_action_dims
+        if k:
+            actions = actions.copy()
+            actions[..., :k] -= self._delta_state(state, actions.ndim)[..., :k]
         if self.norm_stats is not None:
             actions = normalize(actions, self.norm_stats.actions, self.norm_mode)
         out = np.zeros(actions.shape[:-1] + (self.config.action_dim,), dtype=np.float32)
         out[..., :d] = actions
         return out
 
-    def unnormalize_actions(self, actions: np.ndarray, action_dims: int | None = None) -> np.ndarray:
+    def _delta_state(self, state: np.ndarray | None, ndim: int) -> np.ndarray:
+        """state [..., >= k] -> broadcastable against actions [..., H, d]."""
+        k = self.config.delta_action_dims
+        if state is None:
+            raise ValueError(f"this policy's first {k} action dims are relative to the robot state "
+                             "(delta_action_dims): the state is required")
+        st = np.asarray(state, dtype=np.float32)
+        if st.shape[-1] < k or not np.all(np.isfinite(st[..., :k])):
+            raise ValueError(f"state must have >= {k} finite entries for delta actions, got shape {st.shape}")
+        return st.reshape(st.shape[:-1] + (1,) * (ndim - st.ndim) + (st.shape[-1],))
+
+    def unnormalize_actions(self, actions: np.ndarray, action_dims: int | None = None,
+                            state: np.ndarray | None = None) -> np.ndarray:
         """Model actions [..., H, action_dim] -> robot actions [..., H, d], d = action_dims or the
-        stats' length (or action_dim when there are no stats)."""
+        stats' length (or action_dim when there are no stats).  Delta policies add ``state`` back to the
+        first ``delta_action_dims`` dims (``state`` required: pass zeros to get the relative motion)."""
         actions = np.asarray(actions, dtype=np.float32)
         if self.norm_stats is not None:
             d = self.norm_stats.actions.dim if action_dims is None else action_dims
-            return unnormalize(actions, self.norm_stats.actions, self.norm_mode)[..., :d]
-        return actions[..., : (action_dims or actions.shape[-1])]
+            out = unnormalize(actions, self.norm_stats.actions, self.norm_mode)[..., :d]
+        else:
+            out = actions[..., : (action_dims or actions.shape[-1])]
+        k = min(self.config.delta_action_dims, out.shape[-1])
+        if k:
+            out = out.copy()
+            out[..., :k] += self._delta_state(state, out.ndim)[..., :k]
+        return out
