@@ -336,7 +336,7 @@ class Pi05Adapter(PolicyAdapter):
                 raise ValueError(f"frame action chunk must be [{c.action_horizon}, d], got {a.shape}")
             if not np.isfinite(a).all():
                 raise ValueError("frame action chunk contains NaN or Inf")
-            acts.append(self.preprocessor.normalize_actions(a))
+            acts.append(self.preprocessor.normalize_actions(a, f.state))
         inp = Pi05Inputs.stack(items)
         return {
             "images": torch.from_numpy(inp.images).to(device),
