@@ -39,7 +39,7 @@ mkdir -p /tmp/policies
 PI_ARGS=(); [ "$PI_INIT" != "-" ] && PI_ARGS=(--init-from "$PI_INIT")
 OFT_ARGS=(); [ "$OFT_INIT" != "-" ] && OFT_ARGS=(--init-from "$OFT_INIT")
 python3 -m actquant_core.train.pi05 --data /tmp/demos/lerobot --out /tmp/policies/pi05-small-sim \
-        --state-dir /tmp/state-pi05 --minutes "$MIN" "${PI_ARGS[@]}" --load-workers 7 --deadline $DEADLINE \
+        --state-dir /tmp/state-pi05 --minutes "$MIN" "${PI_ARGS[@]}" --delta-action-dims 6 --load-workers 7 --deadline $DEADLINE \
         > /tmp/train_pi05.log 2>&1 &
 P1=$!
 python3 -m actquant_core.train.openvla_oft --data /tmp/demos/lerobot --out /tmp/policies/openvla-oft-small-sim \

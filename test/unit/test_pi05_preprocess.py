@@ -121,3 +121,30 @@ def test_small_preset_state_prompt_fits(tok, caplog):
     n = int(inp.token_masks.sum())
     assert n < cfg.max_token_len
     assert tok.decode(inp.tokens[0, :n].tolist()).endswith("State: 243 12 140 192 64 128 255 128;\nAction: ")
+
+
+def test_delta_actions_are_relative_to_the_state(tok):
+    cfg = get_preset("pi05-tiny").replace(delta_action_dims=6, state_dim=8)
+    rng = np.random.default_rng(2)
+    pre = Pi05Preprocessor(cfg, tok, _stats())
+    absolute = Pi05Preprocessor(get_preset("pi05-tiny").replace(state_dim=8), tok, _stats())
+    acts = rng.normal(size=(3, cfg.action_horizon, 7)).astype(np.float32)  # a batch of chunks
+    state = rng.normal(size=(3, 7)).astype(np.float32)
+    model_space = pre.normalize_actions(acts, state)
+    # equals normalising the relative targets with the absolute preprocessor; the gripper stays absolute
+    rel = acts.copy()
+    rel[..., :6] -= state[:, None, :6]
+    np.testing.assert_allclose(model_space, absolute.normalize_actions(rel), atol=1e-6)
+    np.testing.assert_allclose(pre.unnormalize_actions(model_space, state=state), acts, atol=1e-5)
+    # one observation's state [7] against one chunk [H, 7]
+    np.testing.assert_allclose(pre.unnormalize_actions(model_space[0], state=state[0]), acts[0], atol=1e-5)
+    # a zero state gives the relative motion
+    np.testing.assert_allclose(pre.unnormalize_actions(model_space, state=np.zeros((3, 8))), rel, atol=1e-5)
+    with pytest.raises(ValueError, match="state is required"):
+        pre.unnormalize_actions(model_space)
+    with pytest.raises(ValueError, match="state is required"):
+        pre.normalize_actions(acts)
+    with pytest.raises(ValueError, match="finite"):
+        pre.normalize_actions(acts[0], np.full(7, np.nan))
+    with pytest.raises(ValueError, match="delta_action_dims"):
+        get_preset("pi05-tiny").replace(delta_action_dims=40)

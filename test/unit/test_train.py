@@ -157,7 +157,7 @@ def test_tiny_pi05_and_oft_train_then_export_and_run(tmp_path):
     obs = Observation(images={c: eps[0].images[c][0] for c in SIM_CAMERAS}, state=eps[0].state[0],
                       instruction=eps[0].instruction)
 
-    cfg = get_preset("pi05-tiny")
+    cfg = get_preset("pi05-tiny").replace(delta_action_dims=6)  # joint targets relative to the state
     log = tpi.train(data, tmp_path / "pi", tpi.TrainConfig(batch_size=4, minutes=0.05, warmup_steps=1), config=cfg,
                     load_workers=2)
     assert log["steps"] >= 1 and log["frames"] == 24
@@ -165,8 +165,15 @@ def test_tiny_pi05_and_oft_train_then_export_and_run(tmp_path):
     assert c2 == cfg
     g = tmp_path / "pi.gguf"
     export_pi05(m2, g, type_for=default_type_for("F32"), norm_stats=ns, tokenizer_model=tok.model_bytes)
-    chunk = load_runtime(g, n_threads=1).infer(obs)  # 64 px frames, downsampled 2x by the runtime
+    rt = load_runtime(g, n_threads=1)
+    noise = np.random.default_rng(0).standard_normal((cfg.action_horizon, cfg.action_dim)).astype(np.float32)
+    chunk = rt.infer(obs, noise=noise)  # 64 px frames, downsampled 2x by the runtime
     assert chunk.actions.shape == (cfg.action_horizon, 7) and np.isfinite(chunk.actions).all()
+    # the tiny preset has no state in the prompt: moving the arm shifts the delta policy's joint targets 1:1
+    moved = Observation(images=obs.images, state=obs.state + np.r_[np.full(6, 0.25), 0.0], instruction=obs.instruction)
+    shifted = rt.infer(moved, noise=noise).actions
+    np.testing.assert_allclose(shifted[:, :6] - chunk.actions[:, :6], 0.25, atol=1e-5)
+    np.testing.assert_allclose(shifted[:, 6], chunk.actions[:, 6], atol=1e-6)
 
     ocfg = toft.sim_config("openvla-oft-tiny").replace(image_size=32)
     olog = toft.train(data, tmp_path / "oft", toft.OftTrainConfig(batch_size=4, minutes=0.05, warmup_steps=1),
