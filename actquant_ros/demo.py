@@ -1,7 +1,8 @@
 """`make demo` — the main job on the embedded default, end to end on one machine with no GPU and no ROS.
 
-1. Policy: the bundled small π₀.₅ (``actquant_core/assets/policies/pi05-small-sim``), quantized with ActQuant to
-   about ``--bpw`` bits per weight (calibrated on freshly generated simulator demonstrations), cached under
+1. Policy: a bundled small policy (``--policy oft``, the default: OpenVLA-OFT,
+   ``actquant_core/assets/policies/openvla-oft-small-sim``; ``--policy pi05``: π₀.₅, ``pi05-small-sim``),
+   quantized with ActQuant to about ``--bpw`` bits per weight (calibrated on freshly generated simulator demonstrations), cached under
    ``.cache/demo/``; ``--gguf`` uses a given file instead.
 2. For each episode: the UR controller simulator with its MuJoCo world and cameras on DDS
    (``actquant_ros.sim_camera_node``, RTDE on its own loopback address, the task's saved init state), and the
@@ -34,7 +35,12 @@ from actquant_core import constants as C
 log = logging.getLogger("actquant.demo")
 
 ROOT = Path(__file__).resolve().parent.parent
-POLICY_DIR = ROOT / "actquant_core" / "assets" / "policies" / "pi05-small-sim"
+POLICIES = {  # --policy: (bundled trained folder, node params file, GGUF family, actions executed per chunk)
+    "oft": (ROOT / "actquant_core" / "assets" / "policies" / "openvla-oft-small-sim", "policy_oft_small.yaml",
+            C.OFT_FAMILY, 6),
+    "pi05": (ROOT / "actquant_core" / "assets" / "policies" / "pi05-small-sim", "policy_pi05_small.yaml",
+             C.PI05_FAMILY, 8),
+}
 CONFIG_DIR = ROOT / "config"
 DEFAULT_TASKS = ("goal/open_drawer", "spatial/left_bowl", "object/red_cube_bowl", "goal/cube_on_plate")
 
@@ -46,9 +52,10 @@ def _run(cmd: list[str], what: str) -> None:
         raise RuntimeError(f"{what} failed with exit code {r.returncode}")
 
 
-def build_policy(cache: Path, bpw: float, method: str, threads: int) -> Path:
-    """ActQuant-quantized GGUF of the bundled policy (cached by bpw and method)."""
-    out = cache / f"pi05-small-sim-{method}-{bpw:g}bpw.gguf"
+def build_policy(cache: Path, bpw: float, method: str, threads: int, policy: str = "oft") -> Path:
+    """ActQuant-quantized GGUF of a bundled policy (cached by policy, bpw and method)."""
+    folder = POLICIES[policy][0]
+    out = cache / f"{folder.name}-{method}-{bpw:g}bpw.gguf"
     if out.exists():
         log.info("using cached %s", out)
         return out
@@ -57,7 +64,7 @@ def build_policy(cache: Path, bpw: float, method: str, threads: int) -> Path:
         _run([sys.executable, "-m", "actquant_core.sim.demos", "--suite", "all", "--episodes-per-task", "1",
               "--out", str(calib), "--workers", "2", "--formats", "lerobot", "--seed", "1000"],
              "calibration demonstrations")
-    _run([sys.executable, "-m", "actquant_core.cli", "quantize", "--checkpoint", str(POLICY_DIR),
+    _run([sys.executable, "-m", "actquant_core.cli", "quantize", "--checkpoint", str(folder),
           "--calib", str(calib / "lerobot"), "--calib-frames", "64", "--bpw", str(bpw), "--method", method,
           "-o", str(out), "--threads", str(threads), "--no-progress"], f"actquant quantize ({method}, {bpw} bpw)")
     return out
@@ -81,7 +88,7 @@ def _stop(proc: subprocess.Popen | None, timeout_s: float = 10.0) -> None:
 
 
 def run_episode(gguf: Path, task_key: str, init_index: int, host: str, work: Path, threads: int,
-                model: str = C.UR_TYPE_UR3) -> dict:
+                model: str = C.UR_TYPE_UR3, policy: str = "oft") -> dict:
     """One closed-loop episode through simulator ↔ ur_rtde ↔ policy node ↔ native runtime."""
     from actquant_core.runtime.recording import load_recording
     from actquant_core.sim.tasks import get_task
@@ -100,14 +107,15 @@ def run_episode(gguf: Path, task_key: str, init_index: int, host: str, work: Pat
                str(ready), "--exit-with-parent", "--ros-args", "-p", "camera_rate_hz:=10.0"]
     node_cmd = [sys.executable, "-m", "actquant_ros.policy_node", "--ros-args",
                 "--params-file", str(CONFIG_DIR / f"{model}.yaml"),
-                "--params-file", str(CONFIG_DIR / "policy_pi05_small.yaml"),
+                "--params-file", str(CONFIG_DIR / POLICIES[policy][1]),
                 "-p", f"policy_gguf:={gguf}", "-p", f"ur_type:={model}", "-p", "dry_run:=false",
                 "-p", "arm:=rtde", "-p", f"robot_ip:={host}", "-p", f"threads:={threads}",
                 "-p", "gripper_output:=0", "-p", "gripper_open_is_high:=false", "-p", "rtde_watchdog_hz:=2.0",
                 "-p", f"record_path:={rec}",
-                # a 2-core machine runs simulator, renderer and policy together: ~0.5 s per chunk, so execute 8 of
-                # the 10 actions per chunk (fewer boundary stalls) and allow slower joint data / chunk arrival
-                "-p", "execution_horizon:=8", "-p", "joint_timeout_s:=0.2", "-p", "watchdog_timeout_s:=3.0"]
+                # a 2-core machine runs simulator, renderer and policy together: ~0.3-0.5 s per chunk, so execute
+                # most of each chunk (fewer boundary stalls) and allow slower joint data / chunk arrival
+                "-p", f"execution_horizon:={POLICIES[policy][3]}", "-p", "joint_timeout_s:=0.2",
+                "-p", "watchdog_timeout_s:=3.0"]
     sim = node = None
     t_start = time.monotonic()
     limit_s = task.max_steps / 10.0
@@ -161,6 +169,8 @@ def run_episode(gguf: Path, task_key: str, init_index: int, host: str, work: Pat
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--policy", choices=sorted(POLICIES), default="oft",
+                    help="bundled small policy: oft (OpenVLA-OFT, default) or pi05")
     ap.add_argument("--episodes", type=int, default=4, help="episodes in total, spread over --tasks")
     ap.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma list of <suite>/<name>")
     ap.add_argument("--bpw", type=float, default=3.0, help="ActQuant bits-per-weight budget (backbone)")
@@ -173,16 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args.cache.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    gguf = args.gguf or build_policy(args.cache, args.bpw, args.method, args.threads)
+    gguf = args.gguf or build_policy(args.cache, args.bpw, args.method, args.threads, args.policy)
     from actquant_core.gguf import read_policy_gguf
 
-    pf = read_policy_gguf(gguf, expect_family=C.PI05_FAMILY)
+    pf = read_policy_gguf(gguf, expect_family=POLICIES[args.policy][2])
     tasks = [t for t in args.tasks.split(",") if t]
     episodes = []
     for i in range(args.episodes):
         key = tasks[i % len(tasks)]
         episodes.append(run_episode(gguf, key, i // len(tasks), f"127.0.0.{60 + i % 100}",
-                                    args.cache / "episodes" / f"{i:03d}", args.threads))
+                                    args.cache / "episodes" / f"{i:03d}", args.threads, policy=args.policy))
     ok = sum(e["success"] for e in episodes)
     lat = [x for e in episodes for x in e.get("latency_ms", [])]
     summary = {

@@ -5,8 +5,10 @@ same pipeline and exporter, then each GGUF runs the same episodes (saved init st
 task) through the native runtime. Prints and saves bench/results/sim_table.json (success per suite and overall
 with Wilson 95 % intervals, bpw, file size, latency).
 
-    python bench/sim_table.py --checkpoint actquant_core/assets/policies/pi05-small-sim --calib DEMOS/lerobot \
+    python bench/sim_table.py --checkpoint actquant_core/assets/policies/openvla-oft-small-sim --calib DEMOS/lerobot \
         --methods actquant,rtn,imatrix --bpw 4,3,2.5 --episodes 3 --workers 14
+
+Either family's trained folder works (pi05-small-sim, openvla-oft-small-sim).
 """
 
 from __future__ import annotations
@@ -32,35 +34,47 @@ def main() -> int:
     ap.add_argument("--suite", default="all")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--calib-frames", type=int, default=128)
+    ap.add_argument("--scope", default="backbone", help="allocated tensors: backbone (paper) | all")
+    ap.add_argument("--quant-threads", type=int, default=None, help="GGML quantization threads")
+    ap.add_argument("--reuse", action="store_true", help="reuse GGUFs already in --work")
+    ap.add_argument("--skip-fp", action="store_true", help="no full-precision row")
     ap.add_argument("--work", type=Path, default=Path("build/sim_table"))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sim_table.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    from actquant_core.export import default_type_for, export_pi05
-    from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
+    from actquant_core.quant.pipeline import PipelineConfig, export_reference, load_policy, quantize_policy
     from actquant_core.sim.evaluate import EvalConfig, evaluate
-    from actquant_core.train.pi05 import load_trained
 
     args.work.mkdir(parents=True, exist_ok=True)
-    cfg, model, ns, tok = load_trained(args.checkpoint)
     runs: list[dict] = []
     fp = args.work / "fp16.gguf"
-    if not fp.exists():
-        export_pi05(model, fp, type_for=default_type_for("F16"), norm_stats=ns, tokenizer_model=tok.model_bytes)
-    runs.append({"method": "fp16", "bpw_target": 16.0, "gguf": fp, "quantize_s": 0.0})
+    if not fp.exists():  # either family's trained folder (pi05-small-sim, openvla-oft-small-sim)
+        export_reference(load_policy(str(args.checkpoint)), fp, "F16")
+    if not args.skip_fp:
+        runs.append({"method": "fp16", "bpw_target": 16.0, "gguf": fp, "quantize_s": 0.0})
     for method in [m for m in args.methods.split(",") if m]:
         for bpw in [float(b) for b in args.bpw.split(",") if b]:
             out = args.work / f"{method}-{bpw:g}.gguf"
             t0 = time.time()
-            res = quantize_policy(args.checkpoint, args.calib, bpw, method, out,
-                                  config=PipelineConfig(calib_frames=args.calib_frames, report=False))
+            if out.exists() and args.reuse:
+                from actquant_core.gguf import read_policy_gguf
+
+                ps = read_policy_gguf(out).plan_summary or {}
+                runs.append({"method": method, "bpw_target": bpw, "gguf": out, "quantize_s": None,
+                             "bpw_backbone": ps.get("bpw_backbone"), "bpw_whole": ps.get("bpw_whole")})
+                continue
+            res = quantize_policy(str(args.checkpoint), args.calib, bpw, method, out,
+                                  config=PipelineConfig(calib_frames=args.calib_frames, report=False,
+                                                        scope=args.scope, n_threads=args.quant_threads))
             runs.append({"method": method, "bpw_target": bpw, "gguf": out, "quantize_s": time.time() - t0,
                          "bpw_backbone": res.plan.bpw_backbone, "bpw_whole": res.plan.bpw_whole})
     table: list[dict] = []
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
         "checkpoint": str(args.checkpoint),
+        "scope": args.scope,
+        "calib_frames": args.calib_frames,
         "episodes_per_task": args.episodes,
         "suite": args.suite,
         "rows": table,

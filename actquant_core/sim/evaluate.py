@@ -86,12 +86,7 @@ def _run_jobs(args: tuple[EvalConfig, list[tuple[str, int]]]) -> list[EpisodeRes
     from actquant_core.sim.env import SimEnv, SimEnvConfig
     from actquant_core.sim.tasks import get_task
 
-    from actquant_core import constants as C
-    from actquant_core import native
-
-    family = native.GgufModel(cfg.gguf).metadata(C.KEY_FAMILY)
-    kw = {"seed": cfg.seed} if family == C.PI05_FAMILY else {}  # OFT decodes deterministically (no noise)
-    rt = load_runtime(cfg.gguf, n_threads=cfg.threads, **kw)
+    rt = load_runtime(cfg.gguf, n_threads=cfg.threads, seed=cfg.seed)
     out = []
     envs: dict[str, SimEnv] = {}
     for key, idx in jobs:

@@ -197,6 +197,11 @@ class OftConfig:
         return self.num_images * self.num_patches + (1 if self.use_proprio else 0)
 
     # --- serialisation -----------------------------------------------------------------------------
+    @property
+    def camera_slots(self) -> tuple[str, ...]:
+        """``image_slots`` under the name the pi05 config uses (runtimes and nodes read either family's)."""
+        return self.image_slots
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["image_slots"] = list(self.image_slots)
