@@ -70,6 +70,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--torch-dtypes", default="float32,bfloat16", help="torch reference dtypes (float32 first)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pi05_latency.json")
     args = ap.parse_args()
 
@@ -128,8 +129,8 @@ def main() -> int:
         torch.set_num_threads(args.threads)
         pre = Pi05Preprocessor(cfg, tok, None)
         inp = pre(obs.images, obs.state, obs.instruction)
-        for dtype in (torch.float32, torch.bfloat16):
-            model = model_from_canonical(cfg, dict(tensors.items()), dtype=dtype)
+        for dtype in [getattr(torch, x) for x in args.torch_dtypes.split(",") if x]:
+            model = model_from_canonical(cfg, tensors, dtype=dtype)  # lazily: one float32 tensor at a time
             args_t = [torch.from_numpy(inp.images).to(dtype), torch.from_numpy(inp.image_masks), torch.from_numpy(inp.tokens),
                       torch.from_numpy(inp.token_masks), torch.from_numpy(noise[None]).to(dtype)]
             with torch.inference_mode():

@@ -28,7 +28,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=Path("actquant_core/assets/policies/pi05-small-sim"))
     ap.add_argument("--calib", type=Path, required=True, help="calibration dataset (LeRobot-style root)")
-    ap.add_argument("--methods", default="actquant,rtn,imatrix,generic")
+    ap.add_argument("--methods", default="actquant,rtn,imatrix,generic",
+                    help="comma list of methods or quant_table variants (e.g. actquant+floor, actquant/all+floor)")
     ap.add_argument("--bpw", default="4,3.5,3,2.5,2.25")
     ap.add_argument("--episodes", type=int, default=3, help="episodes per task")
     ap.add_argument("--suite", default="all")
@@ -53,21 +54,31 @@ def main() -> int:
         export_reference(load_policy(str(args.checkpoint)), fp, "F16")
     if not args.skip_fp:
         runs.append({"method": "fp16", "bpw_target": 16.0, "gguf": fp, "quantize_s": 0.0})
-    for method in [m for m in args.methods.split(",") if m]:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from quant_table import VARIANTS  # row labels -> (method, PipelineConfig overrides), shared with the quant table
+
+    variants = {label: (m, o) for label, m, o in VARIANTS}
+    for label in [m for m in args.methods.split(",") if m]:
+        if label not in variants:
+            raise SystemExit(f"unknown method/variant {label!r}; known: {sorted(variants)}")
+        method, overrides = variants[label]
         for bpw in [float(b) for b in args.bpw.split(",") if b]:
-            out = args.work / f"{method}-{bpw:g}.gguf"
+            out = args.work / f"{label.replace('/', '_')}-{bpw:g}.gguf"
             t0 = time.time()
             if out.exists() and args.reuse:
                 from actquant_core.gguf import read_policy_gguf
 
                 ps = read_policy_gguf(out).plan_summary or {}
-                runs.append({"method": method, "bpw_target": bpw, "gguf": out, "quantize_s": None,
+                runs.append({"method": label, "bpw_target": bpw, "gguf": out, "quantize_s": None,
                              "bpw_backbone": ps.get("bpw_backbone"), "bpw_whole": ps.get("bpw_whole")})
                 continue
             res = quantize_policy(str(args.checkpoint), args.calib, bpw, method, out,
-                                  config=PipelineConfig(calib_frames=args.calib_frames, report=False,
-                                                        scope=args.scope, n_threads=args.quant_threads))
-            runs.append({"method": method, "bpw_target": bpw, "gguf": out, "quantize_s": time.time() - t0,
+                                  config=PipelineConfig(**{"calib_frames": args.calib_frames, "report": False,
+                                                           "scope": args.scope, "n_threads": args.quant_threads,
+                                                           **overrides}))
+            runs.append({"method": label, "bpw_target": bpw, "gguf": out, "quantize_s": time.time() - t0,
                          "bpw_backbone": res.plan.bpw_backbone, "bpw_whole": res.plan.bpw_whole})
     table: list[dict] = []
     result = {
