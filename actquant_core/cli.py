@@ -128,8 +128,11 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
                         "(paper) or give them the cheapest type and spend the bits elsewhere (actquant only)")
     p.add_argument("--score", choices=("hsic", "hsic_out_y"), default="hsic",
                    help="allocation score: the HSIC sensitivity max(F(out) - F(in), 0) (paper) or HSIC(out, Y)")
-    p.add_argument("--score-floor", type=float, default=0.0,
-                   help="raise scores to at least this fraction of their positive mean (0 = paper)")
+    p.add_argument("--score-floor", type=float, default=0.5,
+                   help="raise scores to at least this fraction of their positive mean (default 0.5; 0 = the "
+                        "paper's clipping, which sends every tensor whose sensitivity clips to zero to the "
+                        "cheapest type: on the small OFT that halved 3 bpw closed-loop success, "
+                        "bench/results/sim_table_oft*.json)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration forward batch (default 8)")
     p.add_argument("--fisher-batches", type=int, default=None, help="cap on Fisher batches of 8 frames (default: all frames)")
     p.add_argument("--targets", choices=("data", "policy"), default="data",
