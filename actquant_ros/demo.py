@@ -111,7 +111,7 @@ def run_episode(gguf: Path, task_key: str, init_index: int, host: str, work: Pat
                 "-p", f"policy_gguf:={gguf}", "-p", f"ur_type:={model}", "-p", "dry_run:=false",
                 "-p", "arm:=rtde", "-p", f"robot_ip:={host}", "-p", f"threads:={threads}",
                 "-p", "gripper_output:=0", "-p", "gripper_open_is_high:=false", "-p", "rtde_watchdog_hz:=2.0",
-                "-p", f"record_path:={rec}",
+                "-p", f"record_path:={rec}", "-p", f"instruction:={task.instruction}",  # before /instruction arrives
                 # a 2-core machine runs simulator, renderer and policy together: ~0.3-0.5 s per chunk, so execute
                 # most of each chunk (fewer boundary stalls) and allow slower joint data / chunk arrival
                 "-p", f"execution_horizon:={POLICIES[policy][3]}", "-p", "joint_timeout_s:=0.2",

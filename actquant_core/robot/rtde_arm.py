@@ -467,8 +467,11 @@ class RtdeArm:
                 q, qd, bits, runtime = self._last_q.copy(), np.zeros(C.UR_NUM_JOINTS), 0, 0
             faults = faults_from_status(bits, runtime, connected)
             gripper = math.nan
-            if self.config.gripper_output is not None and self._gripper_open is not None:
-                gripper = 1.0 if self._gripper_open else 0.0
+            if self.config.gripper_output is not None:
+                if connected and self._gripper_open is None:
+                    self._gripper_open = self._read_gripper_output(r)  # before the first command: ask the robot
+                if self._gripper_open is not None:
+                    gripper = 1.0 if self._gripper_open else 0.0
             if (connected and not faults and self.config.use_watchdog
                     and now - self._last_package > 0.5 / self.config.watchdog_min_frequency_hz):
                 if c.kickWatchdog():
@@ -497,6 +500,18 @@ class RtdeArm:
             self.n_sent += 1
             g = self._apply_gripper(float(cmd.gripper))
         return JointCommand(q=q.copy(), gripper=g)
+
+    def _read_gripper_output(self, r) -> bool | None:
+        """Gripper open/closed from the controller's actual digital output bits (RTDE
+        ``actual_digital_output_bits``: standard outputs 0-7, tool outputs from bit 16), or None when the
+        receive interface cannot tell."""
+        cfg = self.config
+        try:
+            bits = int(r.getActualDigitalOutputBits())
+        except (AttributeError, RuntimeError):
+            return None
+        level = bool((bits >> (cfg.gripper_output + (16 if cfg.gripper_tool_output else 0))) & 1)
+        return level if cfg.gripper_open_is_high else not level
 
     def _apply_gripper(self, g: float) -> float:
         cfg = self.config

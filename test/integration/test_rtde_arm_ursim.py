@@ -20,6 +20,7 @@ if importlib.util.find_spec("actquant_core.sim.ursim.testing") is None:  # pragm
                 allow_module_level=True)
 pytest.importorskip("rtde_control")
 
+from actquant_core.robot.arm import JointCommand  # noqa: E402
 from actquant_core.robot.control_loop import ControlLoop, ControlLoopConfig  # noqa: E402
 from actquant_core.robot.rtde_arm import RtdeArm, RtdeArmConfig  # noqa: E402
 from actquant_core.robot.safety import Safety, SafetyConfig  # noqa: E402
@@ -230,3 +231,33 @@ def test_arm_pacing_with_init_wait_period(ursim):
         np.testing.assert_allclose(np.array(ursim.state()["q"]), q0 + delta, atol=TRACK_TOL)
     finally:
         close(arm, loop)
+
+
+def test_gripper_state_is_read_from_the_controller_outputs(ursim):
+    """Before any gripper command the arm reports the gripper the controller's digital output says (the
+    simulator starts open: output low = open), not 'unknown' (which the node used to feed the policy as 0 =
+    closed); after a close command a fresh connection reads 'closed' back from the robot."""
+    assert ursim.reset()
+    cfg = RtdeArmConfig(robot_ip=ursim.host, ur_type=C.UR_TYPE_UR3, connect_timeout_s=10.0, gripper_output=0,
+                        gripper_open_is_high=False)
+    arm = RtdeArm(cfg)
+    with client_deadline(CONNECT_DEADLINE_S, "RtdeArm.connect"):
+        arm.connect()
+    try:
+        assert ursim.state()["gripper"] == 1.0
+        assert arm.observe().gripper == 1.0
+        q = arm.observe().q
+        arm.send(JointCommand(q=q, gripper=0.0))  # close
+        wait_for(lambda: ursim.state()["gripper"] == 0.0, 1.0, "gripper closed in the simulator")
+        assert arm.observe().gripper == 0.0
+    finally:
+        with client_deadline(CONNECT_DEADLINE_S, "RtdeArm.disconnect"):
+            arm.disconnect()
+    arm2 = RtdeArm(cfg)
+    with client_deadline(CONNECT_DEADLINE_S, "RtdeArm.connect"):
+        arm2.connect()
+    try:
+        wait_for(lambda: arm2.observe().gripper == 0.0, 1.0, "closed gripper read back on reconnect")
+    finally:
+        with client_deadline(CONNECT_DEADLINE_S, "RtdeArm.disconnect"):
+            arm2.disconnect()
