@@ -42,6 +42,11 @@ POLICIES = {  # --policy: (bundled trained folder, node params file, GGUF family
              C.PI05_FAMILY, 8),
 }
 CONFIG_DIR = ROOT / "config"
+# The scripted experts the bundled policies learned from move the simulated UR3's joints at up to ~5 rad/s; the
+# node's conservative defaults for real hardware (qd_max 1 rad/s, config/ur3.yaml) would make the arm lag the
+# policy's chunks so much that grasps miss (0/4).  The demo runs the simulated arm at the UR controller's own
+# limits instead (ur_rtde: 3.14 rad/s, 40 rad/s^2); --node-param overrides them.
+DEMO_NODE_PARAMS = ("qd_max:=3.14", "qdd_max:=40.0", "max_step_rad:=0.05")
 DEFAULT_TASKS = ("goal/open_drawer", "spatial/left_bowl", "object/red_cube_bowl", "goal/cube_on_plate")
 
 
@@ -88,13 +93,14 @@ def _stop(proc: subprocess.Popen | None, timeout_s: float = 10.0) -> None:
 
 
 def run_episode(gguf: Path, task_key: str, init_index: int, host: str, work: Path, threads: int,
-                model: str = C.UR_TYPE_UR3, policy: str = "oft") -> dict:
+                model: str = C.UR_TYPE_UR3, policy: str = "oft", node_params: tuple[str, ...] = ()) -> dict:
     """One closed-loop episode through simulator ↔ ur_rtde ↔ policy node ↔ native runtime."""
     from actquant_core.runtime.recording import load_recording
     from actquant_core.sim.tasks import get_task
     from actquant_ros.transport.loopback import use_loopback_config
 
     task = get_task(task_key)
+    node_overrides = [x for kv in node_params for x in ("-p", kv)]
     env = dict(os.environ)
     use_loopback_config(env)
     work.mkdir(parents=True, exist_ok=True)
@@ -115,7 +121,7 @@ def run_episode(gguf: Path, task_key: str, init_index: int, host: str, work: Pat
                 # a 2-core machine runs simulator, renderer and policy together: ~0.3-0.5 s per chunk, so execute
                 # most of each chunk (fewer boundary stalls) and allow slower joint data / chunk arrival
                 "-p", f"execution_horizon:={POLICIES[policy][3]}", "-p", "joint_timeout_s:=0.2",
-                "-p", "watchdog_timeout_s:=3.0"]
+                "-p", "watchdog_timeout_s:=3.0", *node_overrides]
     sim = node = None
     t_start = time.monotonic()
     limit_s = task.max_steps / 10.0
@@ -178,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gguf", type=Path, default=None, help="use this policy GGUF instead of quantizing")
     ap.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)), help="native threads")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "demo")
+    ap.add_argument("--node-param", action="append", default=[], metavar="NAME:=VALUE",
+                    help="extra policy-node parameter (repeatable), e.g. qd_max:=3.0")
     ap.add_argument("--out", type=Path, default=None, help="JSON result (default: <cache>/demo.json)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -192,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.episodes):
         key = tasks[i % len(tasks)]
         episodes.append(run_episode(gguf, key, i // len(tasks), f"127.0.0.{60 + i % 100}",
-                                    args.cache / "episodes" / f"{i:03d}", args.threads, policy=args.policy))
+                                    args.cache / "episodes" / f"{i:03d}", args.threads, policy=args.policy,
+                                    node_params=DEMO_NODE_PARAMS + tuple(args.node_param)))
     ok = sum(e["success"] for e in episodes)
     lat = [x for e in episodes for x in e.get("latency_ms", [])]
     summary = {
