@@ -6,6 +6,10 @@
 #   device run (carry: .gl .carry .cache/sdist):
 #       bash actquant_core/train/gpu_job.sh EPISODES_PER_TASK TRAIN_MINUTES [PI05_INIT_DIR] [OFT_INIT_DIR]
 #
+# The device tool carries at most 64 MiB of the working tree; with both bundled policies tracked (~63 MB) the
+# tree is larger, so move the policy folder the job does not start from out of the tree for the run, e.g.
+# `mv actquant_core/assets/policies/openvla-oft-small-sim /tmp/` (and back afterwards).
+#
 # The whole job ends within $JOB_BUDGET_S seconds (default 560) of its start: training stops early at that
 # deadline (minus a margin for saving), so the results always come back before the device's command limit.
 #
