@@ -88,6 +88,14 @@ def read_episodes_at(root: Path, image_size: int, cameras: tuple[str, ...], work
     return eps[: max_episodes or None]
 
 
+def camera_frames(ep, cameras: tuple[str, ...], image_size: int) -> np.ndarray:
+    """uint8 [T, ncam, S, S, 3] of an episode's cameras at ``image_size`` (area-downsampled when larger)."""
+    frames = np.stack([ep.images[c] for c in cameras], axis=1)
+    if frames.shape[-2] == image_size:
+        return frames
+    return area_downsample(frames, downsample_factor(frames.shape[-2], image_size))
+
+
 def downsample_factor(source: int, target: int) -> int:
     """The integer factor taking a ``source`` px image to ``target`` px (error if there is none)."""
     if target <= 0 or source % target:
@@ -236,6 +244,37 @@ def read_bf16_shards(path: Path) -> dict[str, np.ndarray]:
     for shard in shards:
         raw.update(load_file(str(shard)))
     return {k: torch.from_numpy(v.astype(np.uint16)).view(torch.bfloat16).float().numpy() for k, v in raw.items()}
+
+
+def device_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A seeded generator on the training device (batch indices, noise, augmentation)."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+def run_with_checkpoint(loop: TrainLoop, loss_fn: Callable[[int], torch.Tensor], ckpt: Path, device: torch.device,
+                        resume: bool = False, deadline: float | None = None) -> float:
+    """Resume ``loop`` from ``ckpt`` (when asked and present), run it, save its state back; returns train seconds."""
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    if resume and ckpt.exists():
+        loop.load_state(ckpt, device)
+    t0 = time.time()
+    loop.run(loss_fn, deadline=deadline)
+    train_s = time.time() - t0
+    loop.save_state(ckpt)
+    return train_s
+
+
+def train_log(train_config: dict, loop: TrainLoop, train_s: float, *, frames: int, batch_size: int, data: Path,
+              load_s: float, device: torch.device, params: int, init_from: Path | None, **extra) -> dict:
+    """The ``train_log.json`` record of a run: settings, steps, throughput, wall times, device, loss curve."""
+    return {
+        "train_config": train_config, **extra, "steps": loop.step, "frames": frames, "episodes_dir": str(data),
+        "frames_per_s": loop.step * batch_size / max(train_s, 1e-9), "load_s": load_s, "train_s": train_s,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "history": loop.history, "params": params, "init_from": str(init_from) if init_from else None,
+    }
 
 
 def quantile_bounds(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

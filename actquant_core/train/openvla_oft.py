@@ -49,12 +49,14 @@ from actquant_core.policies.openvla_oft.preprocess import (
 from actquant_core.train.common import (
     LoopConfig,
     TrainLoop,
-    area_downsample,
+    camera_frames,
     chunk_indices,
-    downsample_factor,
+    device_generator,
     quantile_bounds,
-    read_episodes_at,
     read_bf16_shards,
+    read_episodes_at,
+    run_with_checkpoint,
+    train_log,
     write_bf16_shards,
 )
 
@@ -123,9 +125,7 @@ class OftFrames:
             if missing:
                 raise ValueError(f"episode {ep.index}: camera(s) {missing} missing; OFT needs {list(SIM_CAMERAS)}")
             T = len(ep)
-            frames = np.stack([ep.images[c] for c in SIM_CAMERAS], axis=1)
-            imgs.append(frames if frames.shape[-2] == cfg.image_size
-                        else area_downsample(frames, downsample_factor(frames.shape[-2], cfg.image_size)))
+            imgs.append(camera_frames(ep, SIM_CAMERAS, cfg.image_size))
             states.append(ep.state)
             chunks.append(ep.action[chunk_indices(T, cfg.chunk)])
             prompt_of += [prompts.setdefault(ep.instruction, len(prompts))] * T
@@ -254,13 +254,7 @@ def train(data: Path, out: Path, tc: OftTrainConfig, resume: bool = False, max_e
     else:
         model = OftModel(cfg).init_random(tc.seed).to(device)
     loop = TrainLoop(model, tc.loop())
-    state_dir = out if state_dir is None else state_dir
-    state_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = state_dir / "train_state_oft.pt"
-    if resume and ckpt.exists():
-        loop.load_state(ckpt, device)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(tc.seed)
+    gen = device_generator(device, tc.seed)
     amp = device.type == "cuda"
 
     def loss_fn(step: int) -> torch.Tensor:
@@ -273,19 +267,14 @@ def train(data: Path, out: Path, tc: OftTrainConfig, resume: bool = False, max_e
             loss = loss + tc.nll_weight * losses["nll"]
         return loss
 
-    t0 = time.time()
-    history = loop.run(loss_fn, deadline=deadline)
-    train_s = time.time() - t0
-    loop.save_state(ckpt)
+    ckpt = (out if state_dir is None else state_dir) / "train_state_oft.pt"
+    train_s = run_with_checkpoint(loop, loss_fn, ckpt, device, resume, deadline)
     final = OftModel(cfg)
     final.load_state_dict(loop.ema_state())
     final.eval()
-    log_data = {
-        "train_config": asdict(tc), "config": cfg.to_dict(), "steps": loop.step, "frames": len(ds),
-        "episodes_dir": str(data), "frames_per_s": loop.step * tc.batch_size / max(train_s, 1e-9),
-        "load_s": load_s, "train_s": train_s, "device": torch.cuda.get_device_name() if amp else "cpu",
-        "history": history, "params": final.num_parameters(), "init_from": str(init_from) if init_from else None,
-    }
+    log_data = train_log(asdict(tc), loop, train_s, frames=len(ds), batch_size=tc.batch_size, data=data,
+                         load_s=load_s, device=device, params=final.num_parameters(), init_from=init_from,
+                         config=cfg.to_dict())
     save_trained(out, final, ds.norm_stats, tokenizer, log_data)
     log.info("saved %s (%d steps, %.0f s)", out, loop.step, train_s)
     return log_data

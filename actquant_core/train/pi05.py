@@ -40,13 +40,15 @@ from actquant_core.policies.pi05.preprocess import Pi05Preprocessor
 from actquant_core.train.common import (
     LoopConfig,
     TrainLoop,
-    area_downsample,
+    camera_frames,
     chunk_indices,
-    downsample_factor,
+    device_generator,
     quantile_bounds,
-    read_episodes_at,
     random_shift,
     read_bf16_shards,
+    read_episodes_at,
+    run_with_checkpoint,
+    train_log,
     write_bf16_shards,
 )
 
@@ -121,9 +123,7 @@ class FrameDataset:
             T = len(ep)
             chunks.append(ep.action[chunk_indices(T, H)])  # [T, H, 7]
             states.append(ep.state)
-            frames = np.stack([ep.images[c] for c in self.cameras], axis=1)  # [T, ncam, S, S, 3]
-            imgs.append(frames if frames.shape[-2] == cfg.image_size
-                        else area_downsample(frames, downsample_factor(frames.shape[-2], cfg.image_size)))
+            imgs.append(camera_frames(ep, self.cameras, cfg.image_size))  # [T, ncam, S, S, 3]
             instr += [ep.instruction] * T
         if not imgs:
             raise ValueError("no episodes in the dataset")
@@ -284,13 +284,7 @@ def train(data: Path, out: Path, tc: TrainConfig, resume: bool = False, max_epis
     dev = ds.to(device)
     del ds.images  # the device copy is the one used from here on
     loop = TrainLoop(model, tc.loop())
-    state_dir = out if state_dir is None else state_dir
-    state_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = state_dir / "train_state.pt"
-    if resume and ckpt.exists():
-        loop.load_state(ckpt, device)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(tc.seed)
+    gen = device_generator(device, tc.seed)
     amp = device.type == "cuda"
 
     def loss_fn(step: int) -> torch.Tensor:
@@ -306,22 +300,15 @@ def train(data: Path, out: Path, tc: TrainConfig, resume: bool = False, max_epis
             return model.flow_matching_loss(batch, noise=noise, t=t,
                                             loss_action_dims=ROBOT_DIMS if tc.robot_dims_loss else None)
 
-    t0 = time.time()
-    history = loop.run(loss_fn, deadline=deadline)
-    step = loop.step
-    train_s = time.time() - t0
-    loop.save_state(ckpt)
+    ckpt = (out if state_dir is None else state_dir) / "train_state.pt"
+    train_s = run_with_checkpoint(loop, loss_fn, ckpt, device, resume, deadline)
     final = Pi05Model(cfg)
     final.load_state_dict(loop.ema_state())
     final.eval()
-    log_data = {
-        "train_config": asdict(tc), "steps": step, "frames": len(ds), "episodes_dir": str(data),
-        "frames_per_s": step * tc.batch_size / max(train_s, 1e-9), "load_s": load_s, "train_s": train_s,
-        "device": torch.cuda.get_device_name() if amp else "cpu",
-        "history": history, "params": final.num_parameters(), "init_from": str(init_from) if init_from else None,
-    }
+    log_data = train_log(asdict(tc), loop, train_s, frames=len(ds), batch_size=tc.batch_size, data=data,
+                         load_s=load_s, device=device, params=final.num_parameters(), init_from=init_from)
     save_trained(out, final, ds.norm_stats, tokenizer, log_data)
-    log.info("saved %s (%d steps, %.0f s)", out, step, train_s)
+    log.info("saved %s (%d steps, %.0f s)", out, loop.step, train_s)
     return log_data
 
 
