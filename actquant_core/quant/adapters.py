@@ -197,6 +197,36 @@ class PolicyAdapter(abc.ABC):
 # pi0.5
 # ----------------------------------------------------------------------------------------------------
 
+def _linear_group(name: str, groups) -> tuple[str, int | None] | None:
+    """(group, layer index or None) of the first ``(regex, group, kind)`` in ``groups`` matching ``name``."""
+    for rx, group, _ in groups:
+        m = rx.match(name)
+        if m:
+            return group, int(m.group(1)) if m.groups() and m.group(1) and m.group(1).isdigit() else None
+    return None
+
+
+def _tensor_table(pairs, shapes: Mapping[str, Any], classify) -> list[TensorInfo]:
+    """TensorInfo of every canonical name in ``pairs`` (``classify(name, shape) -> (group, layer, linear)``)."""
+    out = []
+    for name, _, _ in pairs:
+        shape = tuple(shapes[name])
+        out.append(TensorInfo(name, shape, *classify(name, shape)))
+    return out
+
+
+def _linear_targets(adapter: PolicyAdapter, internal: Mapping[str, tuple[str, str]], groups) -> list[LinearTarget]:
+    """A LinearTarget per linear tensor of ``adapter`` (module = its parameter's parent, kind from ``groups``)."""
+    out = []
+    for info in adapter.tensor_table():
+        if not info.linear:
+            continue
+        param, _ = internal[info.name]
+        kind = next(k for rx, _, k in groups if rx.match(info.name))
+        out.append(LinearTarget(info.name, param.rsplit(".", 1)[0], param, kind, info.group, info.layer))
+    return out
+
+
 _PI05_LINEAR_GROUPS = (
     # regex over canonical names -> (group, pool kind)
     (re.compile(r"^lm\.blk\.(\d+)\.(attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down)\.weight$"), "backbone", POOL_PREFIX),
@@ -248,21 +278,13 @@ class Pi05Adapter(PolicyAdapter):
     def tensor_table(self) -> list[TensorInfo]:
         from actquant_core.policies.pi05.canonical import canonical_shapes
 
-        shapes = canonical_shapes(self.config)
-        out = []
-        for name, _, _ in self._pairs:
-            shape = tuple(shapes[name])
-            group, layer, linear = self._classify(name, shape)
-            out.append(TensorInfo(name, shape, group, layer, linear))
-        return out
+        return _tensor_table(self._pairs, canonical_shapes(self.config), self._classify)
 
     @staticmethod
     def _classify(name: str, shape: tuple[int, ...]) -> tuple[str, int | None, bool]:
-        for rx, group, _ in _PI05_LINEAR_GROUPS:
-            m = rx.match(name)
-            if m:
-                layer = int(m.group(1)) if m.groups() and m.group(1) and m.group(1).isdigit() else None
-                return group, layer, True
+        hit = _linear_group(name, _PI05_LINEAR_GROUPS)
+        if hit is not None:
+            return hit[0], hit[1], True
         if len(shape) < 2:
             return "norm", None, False
         if name == "lm.token_embd.weight":
@@ -274,15 +296,7 @@ class Pi05Adapter(PolicyAdapter):
         raise ValueError(f"pi05 adapter: unclassified canonical tensor {name!r} {shape}")
 
     def linear_targets(self) -> list[LinearTarget]:
-        out = []
-        for info in self.tensor_table():
-            if not info.linear:
-                continue
-            param, _ = self._internal[info.name]
-            module = param.rsplit(".", 1)[0]
-            kind = next(k for rx, _, k in _PI05_LINEAR_GROUPS if rx.match(info.name))
-            out.append(LinearTarget(info.name, module, param, kind, info.group, info.layer))
-        return out
+        return _linear_targets(self, self._internal, _PI05_LINEAR_GROUPS)
 
     def inactive_tensors(self) -> set[str]:
         """The last LM layer's q, o and MLP weights: the expert reads only that layer's prefix K/V, so
@@ -514,23 +528,15 @@ class OftAdapter(PolicyAdapter):
     def tensor_table(self) -> list[TensorInfo]:
         from actquant_core.policies.openvla_oft.canonical import canonical_shapes
 
-        shapes = canonical_shapes(self.config, include_lm_head=False)
-        out = []
-        for name, _, _ in self._pairs:
-            shape = tuple(shapes[name])
-            group, layer, linear = self._classify(name, shape)
-            out.append(TensorInfo(name, shape, group, layer, linear))
-        return out
+        return _tensor_table(self._pairs, canonical_shapes(self.config, include_lm_head=False), self._classify)
 
     @staticmethod
     def _classify(name: str, shape: tuple[int, ...]) -> tuple[str, int | None, bool]:
         from actquant_core.constants import OFT_KEEP_F32
 
-        for rx, group, _ in _OFT_LINEAR_GROUPS:
-            m = rx.match(name)
-            if m:
-                layer = int(m.group(1)) if m.groups() and m.group(1) and m.group(1).isdigit() else None
-                return group, layer, True
+        hit = _linear_group(name, _OFT_LINEAR_GROUPS)
+        if hit is not None:
+            return hit[0], hit[1], True
         if name in OFT_KEEP_F32:
             return "position", None, False  # cls / register tokens, position embeddings: kept F32
         if len(shape) < 2:
@@ -542,14 +548,7 @@ class OftAdapter(PolicyAdapter):
         raise ValueError(f"openvla_oft adapter: unclassified canonical tensor {name!r} {shape}")
 
     def linear_targets(self) -> list[LinearTarget]:
-        out = []
-        for info in self.tensor_table():
-            if not info.linear:
-                continue
-            param, _ = self._internal[info.name]
-            kind = next(k for rx, _, k in _OFT_LINEAR_GROUPS if rx.match(info.name))
-            out.append(LinearTarget(info.name, param.rsplit(".", 1)[0], param, kind, info.group, info.layer))
-        return out
+        return _linear_targets(self, self._internal, _OFT_LINEAR_GROUPS)
 
     def canonical_weights(self) -> dict[str, np.ndarray]:
         from actquant_core.policies.openvla_oft.canonical import canonical_state_dict
