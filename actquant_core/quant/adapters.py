@@ -493,7 +493,7 @@ class OftAdapter(PolicyAdapter):
 
     def __init__(self, model: torch.nn.Module, norm_stats: Any, tokenizer: Any, action_dims: int | None = None,
                  camera_map: Mapping[str, str] | None = None) -> None:
-        from actquant_core.constants import OFT_FAMILY, SIM_CAMERA_BASE, SIM_CAMERA_WRIST
+        from actquant_core.constants import OFT_FAMILY
         from actquant_core.policies.openvla_oft.canonical import canonical_name_pairs
         from actquant_core.policies.openvla_oft.preprocess import OftPreprocessor
 
@@ -508,8 +508,9 @@ class OftAdapter(PolicyAdapter):
             raise ValueError(f"action_dims={action_dims} must be in [1, {c.action_dim}]")
         self.action_dims = int(action_dims)
         if camera_map is None:
-            sim = (SIM_CAMERA_BASE, SIM_CAMERA_WRIST)
-            camera_map = {sim[i]: c.image_slots[i] for i in range(min(len(sim), c.num_images))}
+            from actquant_core.policies.common.image import sim_camera_map
+
+            camera_map = sim_camera_map(c.image_slots)
         bad = sorted(v for v in camera_map.values() if v not in c.image_slots)
         if bad:
             raise ValueError(f"camera_map targets {bad} are not image slots of the policy {list(c.image_slots)}")

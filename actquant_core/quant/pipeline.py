@@ -836,7 +836,11 @@ def _oft_observation(config: Any, frame: CalibFrame, camera_map: Mapping[str, st
     as is, else ``camera_map`` camera -> slot, default: simulator base -> slot 0, wrist -> slot 1, as
     :class:`~.adapters.OftAdapter`), state zero-padded to ``proprio_dim``."""
     slots = tuple(config.image_slots)
-    cams = dict(camera_map) if camera_map is not None else dict(zip((C.SIM_CAMERA_BASE, C.SIM_CAMERA_WRIST), slots))
+    if camera_map is None:
+        from actquant_core.policies.common.image import sim_camera_map
+
+        camera_map = sim_camera_map(slots)
+    cams = dict(camera_map)
     by_slot = {slot: cam for cam, slot in cams.items()}
     images = {}
     for slot in slots:

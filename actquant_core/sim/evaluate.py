@@ -121,16 +121,16 @@ def _run_jobs(args: tuple[EvalConfig, list[tuple[str, int]]]) -> list[EpisodeRes
 
 
 def sim_images_to_slots(images: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
-    """Sim camera frames -> the policy's image slots.  pi05 slots carry the sim cameras' names; a policy
-    with other slot names (OpenVLA-OFT: ``full_image``, ``wrist_image``) gets the cameras in order
-    (third person, then wrist), which must cover every slot."""
+    """Sim camera frames -> the policy's image slots (:func:`~actquant_core.policies.common.image.sim_camera_map`:
+    pi05 slots carry the sim cameras' names; OpenVLA-OFT's slots take third person, then wrist)."""
+    from actquant_core.policies.common.image import sim_camera_map
+
     slots = tuple(getattr(config, "camera_slots", None) or config.image_slots)
-    if set(images) <= set(slots):
-        return images
-    cams = list(images.values())
-    if len(cams) < len(slots):
-        raise ValueError(f"the simulator renders {list(images)}; the policy needs slots {list(slots)}")
-    return dict(zip(slots, cams))
+    cams = sim_camera_map(slots)
+    missing = [c for c in cams if c not in images]
+    if missing:
+        raise ValueError(f"the simulator renders {list(images)}; the policy's slots {list(slots)} need {missing}")
+    return {slot: images[cam] for cam, slot in cams.items()}
 
 
 def _write_video(path: Path, frames: list[np.ndarray]) -> None:

@@ -72,3 +72,14 @@ def test_camera_slots_missing_camera_is_minus_one_and_masked():
         camera_slots({"wrist": imgs["base_0_rgb"]}, slots, 32)
     with pytest.raises(ValueError, match="no camera image"):
         camera_slots({}, slots, 32)
+
+
+def test_sim_camera_map_names_or_order():
+    from actquant_core.constants import PI05_CAMERA_SLOTS, SIM_CAMERA_BASE, SIM_CAMERA_WRIST
+    from actquant_core.policies.common.image import sim_camera_map
+
+    # pi05 slots carry the sim cameras' names (the masked third slot gets nothing)
+    assert sim_camera_map(PI05_CAMERA_SLOTS) == {SIM_CAMERA_BASE: SIM_CAMERA_BASE, SIM_CAMERA_WRIST: SIM_CAMERA_WRIST}
+    # other slot names: third person first, then wrist
+    assert sim_camera_map(("full_image", "wrist_image")) == {SIM_CAMERA_BASE: "full_image", SIM_CAMERA_WRIST: "wrist_image"}
+    assert sim_camera_map(("cam_high", "cam_left", "cam_right")) == {SIM_CAMERA_BASE: "cam_high", SIM_CAMERA_WRIST: "cam_left"}

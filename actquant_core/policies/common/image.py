@@ -10,7 +10,11 @@ geometry is identical).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+
+from actquant_core.constants import SIM_CAMERA_BASE, SIM_CAMERA_WRIST
 
 
 def resize_with_pad_geometry(height: int, width: int, target_h: int, target_w: int) -> tuple[int, int, int, int]:
@@ -119,3 +123,13 @@ def camera_slots(
             pixels[k] = uint8_to_signed_unit(resize_with_pad(images[name], size, size))
             masks[k] = True
     return pixels, masks
+
+
+def sim_camera_map(slots: Sequence[str]) -> dict[str, str]:
+    """Simulator camera name -> policy image slot.  Slots named like the simulator's cameras (pi05) map to
+    themselves; other slot names (OpenVLA-OFT ``full_image``, ``wrist_image``) take the third-person camera
+    then the wrist camera, in slot order."""
+    sim = (SIM_CAMERA_BASE, SIM_CAMERA_WRIST)
+    if set(sim) & set(slots):
+        return {c: c for c in sim if c in slots}
+    return dict(zip(sim, slots))
