@@ -125,7 +125,7 @@ def sim_images_to_slots(images: dict[str, np.ndarray], config) -> dict[str, np.n
     pi05 slots carry the sim cameras' names; OpenVLA-OFT's slots take third person, then wrist)."""
     from actquant_core.policies.common.image import sim_camera_map
 
-    slots = tuple(getattr(config, "camera_slots", None) or config.image_slots)
+    slots = tuple(config.camera_slots)  # OftConfig exposes its image_slots under this name too
     cams = sim_camera_map(slots)
     missing = [c for c in cams if c not in images]
     if missing:
