@@ -4,7 +4,9 @@ An expert walks through its task's subgoals with a small script per skill (pick,
 Every ``act()`` returns one 7-dim action for one policy period (default 0.1 s): the absolute joint target
 q [6] (rad) and the gripper target in [0, 1] (1 open).  The Cartesian set point moves towards the current
 waypoint at a bounded speed and is turned into joints by IK seeded with the previous target, so the
-joint targets are smooth.  Object poses are re-read at the start of every phase, and a failed grasp
+joint targets are smooth.  No joint target moves faster than ``QD_MAX`` (the set point slows down
+where the IK would need more), so a real or simulated UR3 running the node's default limits can follow
+the demonstrations (and the policies trained on them) without lagging.  Object poses are re-read at the start of every phase, and a failed grasp
 (object not lifted) is retried.
 """
 
@@ -23,6 +25,7 @@ SAFE_Z = 0.17  # travel height of the TCP (m)
 FAST = 0.30  # m/s
 SLOW = 0.12  # m/s
 YAW_RATE = 2.0  # rad/s
+QD_MAX = 0.9  # rad/s per joint: under the node's default UR3 limit (config/ur3.yaml qd_max 1.0)
 POS_TOL = 0.006  # m: a waypoint counts as reached by the measured TCP
 MAX_GRASP_TRIES = 3
 GRIP_OPEN = 1.0
@@ -80,11 +83,30 @@ class ScriptedExpert:
     def _hold(self) -> None:
         pass  # keep the last command
 
-    def _command(self, p: np.ndarray, yaw: float) -> None:
-        q, _ = solve_ik(self.world, p, top_down_rotation(yaw), self.q_cmd, iters=15)
-        self.p_cmd = p
-        self.yaw_cmd = yaw
+    def _command(self, p: np.ndarray, yaw: float) -> float:
+        """Set the joint target for the set point (``p``, ``yaw``), moving at most ``QD_MAX`` per joint.
+
+        Returns the fraction (0, 1] of the step from the current set point to (``p``, ``yaw``) taken:
+        where the IK solution would move a joint faster than ``QD_MAX`` the step is shortened (twice,
+        then the joint step itself is clipped).
+        """
+        p = np.asarray(p, dtype=np.float64)
+        p0, y0 = self.p_cmd, self.yaw_cmd
+        lim = QD_MAX * self.dt
+        frac = 1.0
+        for _ in range(3):
+            pf, yf = p0 + frac * (p - p0), y0 + frac * (yaw - y0)
+            q, _ = solve_ik(self.world, pf, top_down_rotation(yf), self.q_cmd, iters=15)
+            dq = float(np.max(np.abs(q - self.q_cmd)))
+            if dq <= lim:
+                break
+            frac *= 0.97 * lim / dq
+        else:
+            q = self.q_cmd + np.clip(q - self.q_cmd, -lim, lim)
+        self.p_cmd = pf
+        self.yaw_cmd = yf
         self.q_cmd = q
+        return frac
 
     def _move(self, target: np.ndarray, yaw: float, speed: float = FAST, settle_steps: int = 15) -> Iterator[None]:
         """Move the set point in a straight line to ``target`` [3] with tool yaw ``yaw``."""
@@ -97,9 +119,9 @@ class ScriptedExpert:
             ystep = YAW_RATE * self.dt
             p = target.copy() if dist <= step else self.p_cmd + d * (step / dist)
             y = yaw if abs(dyaw) <= ystep else self.yaw_cmd + math.copysign(ystep, dyaw)
-            self._command(p, y)
+            frac = self._command(p, y)
             yield
-            if dist <= step and abs(dyaw) <= ystep:
+            if frac >= 1.0 and dist <= step and abs(dyaw) <= ystep:
                 break
         for _ in range(settle_steps):
             if np.linalg.norm(self.world.tcp_transform()[:3, 3] - target) < POS_TOL:

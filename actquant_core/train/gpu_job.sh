@@ -18,6 +18,11 @@
 # folders to continue from ("-" = none; pi05 may come from another image size: its position embedding is
 # resampled).  Results in $OUT: policies.tar.part-* (both folders; reassemble with `cat policies.tar.part-* | tar x`),
 # demos_report.json, train logs.
+#
+# Continuing on a warm machine: with WORK=<dir> (default /tmp/aqjob; use an ignored folder of the repo root,
+# e.g. .devrun, which the device keeps between calls while the machine stays warm) a second call finds the
+# demonstrations and both trainers' states there, skips the demos and resumes both runs (optimizer, EMA and
+# step count kept; the cosine restarts over the new time box).  The init dirs are then ignored.
 set -uo pipefail
 T_START=$(date +%s)
 DEADLINE=$(( T_START + ${JOB_BUDGET_S:-560} - 25 ))
@@ -26,7 +31,8 @@ MIN=${2:-7}
 PI_INIT=${3:--}
 OFT_INIT=${4:--}
 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+WORK=$(realpath -m "${WORK:-/tmp/aqjob}")
+mkdir -p "$OUT" "$WORK"
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
@@ -35,23 +41,29 @@ export PYTHONPATH=$PWD:/tmp/pylib MUJOCO_GL=egl PYTHONUNBUFFERED=1
 python3 -c "import torch, mujoco; print('torch', torch.__version__, torch.cuda.get_device_name(), 'mujoco', mujoco.__version__)"
 
 t0=$(date +%s)
-python3 -m actquant_core.sim.demos --suite all --episodes-per-task "$EPT" --out /tmp/demos --workers 15 \
-        --formats lerobot --no-compress 2>&1 | tail -1 | cut -c1-300
-cp /tmp/demos/demos_report.json "$OUT/" 2>/dev/null
+if [ -f "$WORK/demos/demos_report.json" ]; then
+    echo "demos: reusing $WORK/demos"
+else
+    python3 -m actquant_core.sim.demos --suite all --episodes-per-task "$EPT" --out "$WORK/demos" --workers 15 \
+            --formats lerobot --no-compress 2>&1 | tail -1 | cut -c1-300
+fi
+cp "$WORK/demos/demos_report.json" "$OUT/" 2>/dev/null
 echo "demos: $(( $(date +%s) - t0 )) s"
-mkdir -p /tmp/policies
-PI_ARGS=(); [ "$PI_INIT" != "-" ] && PI_ARGS=(--init-from "$PI_INIT")
-OFT_ARGS=(); [ "$OFT_INIT" != "-" ] && OFT_ARGS=(--init-from "$OFT_INIT")
-python3 -m actquant_core.train.pi05 --data /tmp/demos/lerobot --out /tmp/policies/pi05-small-sim \
-        --state-dir /tmp/state-pi05 --minutes "$MIN" "${PI_ARGS[@]}" --delta-action-dims 6 --load-workers 7 --deadline $DEADLINE \
-        > /tmp/train_pi05.log 2>&1 &
+mkdir -p "$WORK/policies"
+PI_ARGS=(); OFT_ARGS=()
+if [ -f "$WORK/state-pi05/train_state.pt" ]; then PI_ARGS=(--resume); elif [ "$PI_INIT" != "-" ]; then PI_ARGS=(--init-from "$PI_INIT"); fi
+if [ -f "$WORK/state-oft/train_state_oft.pt" ]; then OFT_ARGS=(--resume); elif [ "$OFT_INIT" != "-" ]; then OFT_ARGS=(--init-from "$OFT_INIT"); fi
+echo "pi05 args: ${PI_ARGS[*]}   oft args: ${OFT_ARGS[*]}"
+python3 -m actquant_core.train.pi05 --data "$WORK/demos/lerobot" --out "$WORK/policies/pi05-small-sim" \
+        --state-dir "$WORK/state-pi05" --minutes "$MIN" "${PI_ARGS[@]}" --delta-action-dims 6 --load-workers 7 --deadline $DEADLINE \
+        > "$WORK/train_pi05.log" 2>&1 &
 P1=$!
-python3 -m actquant_core.train.openvla_oft --data /tmp/demos/lerobot --out /tmp/policies/openvla-oft-small-sim \
-        --state-dir /tmp/state-oft --minutes "$MIN" "${OFT_ARGS[@]}" --load-workers 7 --deadline $DEADLINE \
-        > /tmp/train_oft.log 2>&1 &
+python3 -m actquant_core.train.openvla_oft --data "$WORK/demos/lerobot" --out "$WORK/policies/openvla-oft-small-sim" \
+        --state-dir "$WORK/state-oft" --minutes "$MIN" "${OFT_ARGS[@]}" --load-workers 7 --deadline $DEADLINE \
+        > "$WORK/train_oft.log" 2>&1 &
 P2=$!
 wait $P1; echo "pi05 rc=$?"; wait $P2; echo "oft rc=$?"
-for n in pi05 oft; do grep -v Warning /tmp/train_$n.log | tail -4 | cut -c1-200; grep -v "step [0-9]* loss" /tmp/train_$n.log | tail -30 > "$OUT/train_$n.log"; done
-rm -f /tmp/policies/*/tokenizer.model  # = actquant_core/assets/tokenizers/robot_small.model
-(cd /tmp/policies && tar cf - . | split -b 15m - "$OUT/policies.tar.part-")
+for n in pi05 oft; do grep -v Warning "$WORK/train_$n.log" | tail -4 | cut -c1-200; grep -v "step [0-9]* loss" "$WORK/train_$n.log" | tail -30 > "$OUT/train_$n.log"; done
+rm -f "$WORK"/policies/*/tokenizer.model  # = actquant_core/assets/tokenizers/robot_small.model
+(cd "$WORK/policies" && tar cf - . | split -b 15m - "$OUT/policies.tar.part-")
 ls -la "$OUT"; echo "job: $(( $(date +%s) - T_START )) s"
