@@ -128,9 +128,15 @@ def has_cuda() -> bool:
     return bool(native_module().has_cuda())
 
 
-def Backend(n_threads: int | None = None, device: str = "cpu") -> Any:  # noqa: N802 - factory named as a class
-    """Compute backend: ``device`` "cpu", "cuda" or "cuda:N"; ``n_threads`` CPU threads."""
-    return native_module().Backend(n_threads or default_threads(), device)
+def Backend(n_threads: int | None = None, device: str = "cpu", repack: bool = True) -> Any:  # noqa: N802
+    """Compute backend: ``device`` "cpu", "cuda" or "cuda:N"; ``n_threads`` CPU threads.
+
+    ``repack`` (CPU only): weights the CPU backend has interleaved GEMM kernels for (Q4_0, Q4_K, IQ4_NL on
+    AVX2; Q2_K on AVX-512; more on ARM) are converted at load into its repacked layout, which speeds up the
+    batched matmuls (vision, prefix) at the cost of a copy of those weights in RAM.  ``False`` computes
+    straight from the memory-mapped file.
+    """
+    return native_module().Backend(n_threads or default_threads(), device, repack)
 
 
 def GgufModel(path: str | os.PathLike[str], backend: Any | None = None) -> Any:  # noqa: N802

@@ -70,6 +70,8 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--repack", default="on", help="CPU weight repacking to run: on, off or on,off (off rows are "
+                    "keyed '<type>@mapped')")
     ap.add_argument("--torch-dtypes", default="float32,bfloat16", help="torch reference dtypes (float32 first)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pi05_latency.json")
     args = ap.parse_args()
@@ -102,23 +104,28 @@ def main() -> int:
             export_tensors(path, "pi05", cfg.to_dict(), tensors, default_type_for(t.upper()),
                            tokenizer_model=tok.model_bytes, n_threads=args.threads)
             write_s = time.perf_counter() - t0
-            gc.collect()
-            rss0 = rss_mb()
-            rt = Pi05Runtime(path, n_threads=args.threads, device=args.device)
-            chunk = rt.infer(obs, noise=noise)
-            times = []
-            for _ in range(args.reps):
-                t1 = time.perf_counter()
+            for mode in [m for m in args.repack.split(",") if m]:
+                if mode not in ("on", "off"):
+                    raise SystemExit(f"--repack: expected on/off, got {mode!r}")
+                key = t if mode == "on" else f"{t}@mapped"
+                gc.collect()
+                rss0 = rss_mb()
+                rt = Pi05Runtime(path, n_threads=args.threads, device=args.device, repack=mode == "on")
                 chunk = rt.infer(obs, noise=noise)
-                times.append(time.perf_counter() - t1)
-            rss1 = rss_mb()
-            results["native"][t] = {
-                "file_mb": path.stat().st_size / 1e6, "write_s": write_s, "latency_ms_p50": 1e3 * float(np.median(times)),
-                "latency_ms_min": 1e3 * float(np.min(times)), "stages_ms": chunk.timing_ms, "rss_growth_mb": rss1 - rss0,
-            }
-            print(f"native {t:6s} {results['native'][t]['file_mb']:8.1f} MB  {results['native'][t]['latency_ms_p50']:9.1f} ms/chunk"
-                  f"  (+{rss1 - rss0:.0f} MB RSS)", flush=True)
-            del rt
+                times = []
+                for _ in range(args.reps):
+                    t1 = time.perf_counter()
+                    chunk = rt.infer(obs, noise=noise)
+                    times.append(time.perf_counter() - t1)
+                rss1 = rss_mb()
+                r = results["native"][key] = {
+                    "file_mb": path.stat().st_size / 1e6, "write_s": write_s, "backend": rt.backend,
+                    "latency_ms_p50": 1e3 * float(np.median(times)), "latency_ms_min": 1e3 * float(np.min(times)),
+                    "stages_ms": chunk.timing_ms, "rss_growth_mb": rss1 - rss0,
+                }
+                print(f"native {key:12s} {r['file_mb']:8.1f} MB  {r['latency_ms_p50']:9.1f} ms/chunk"
+                      f"  (+{rss1 - rss0:.0f} MB RSS, {rt.backend})", flush=True)
+                del rt
             path.unlink()
     if not args.no_torch:
         import torch

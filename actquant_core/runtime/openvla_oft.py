@@ -47,6 +47,8 @@ class OftRuntime:
             has none, e.g. real Llama-2 checkpoints exported without the user-supplied tokenizer).
         rotate_180, center_crop, gripper: preprocessing options (``OftPreprocessor``); LIBERO uses
             rotate_180=True, center_crop=True, gripper="libero".
+        repack: CPU only: convert the weights GGML has interleaved GEMM kernels for at load (see
+            ``native.Backend``); False runs from the memory-mapped file.
     """
 
     family = C.OFT_FAMILY
@@ -61,6 +63,7 @@ class OftRuntime:
         rotate_180: bool = False,
         center_crop: bool = True,
         gripper: str = "none",
+        repack: bool = True,
     ) -> None:
         self.path = os.fspath(gguf_path)
         hdr = read_policy_header(self.path, C.OFT_FAMILY, OftConfig, OftNormStats, tokenizer_path, "Llama-2")
@@ -70,7 +73,7 @@ class OftRuntime:
             self.config, hdr.tokenizer, self.norm_stats, rotate_180=rotate_180, center_crop=center_crop, gripper=gripper
         )
         self._rt = native.native_module().OftRuntime(
-            self.path, oft_hparams(self.config), n_threads or native.default_threads(), device
+            self.path, oft_hparams(self.config), n_threads or native.default_threads(), device, repack
         )
         log.info("openvla_oft runtime: %s on %s (%.1f MB)", self.path, self._rt.backend, self.file_size / 1e6)
 

@@ -32,6 +32,8 @@ class Pi05Runtime:
         tokenizer_path: SentencePiece model overriding the one embedded in the GGUF (required when the GGUF
             has none, e.g. real PaliGemma checkpoints exported without the user-supplied tokenizer).
         seed: seed of the flow-matching noise (one generator per runtime: reproducible call sequences).
+        repack: CPU only: convert the weights GGML has interleaved GEMM kernels for at load (see
+            ``native.Backend``); False runs from the memory-mapped file.
     """
 
     family = C.PI05_FAMILY
@@ -44,6 +46,7 @@ class Pi05Runtime:
         device: str = "cpu",
         tokenizer_path: str | os.PathLike[str] | None = None,
         seed: int = 0,
+        repack: bool = True,
     ) -> None:
         self.path = os.fspath(gguf_path)
         hdr = read_policy_header(self.path, C.PI05_FAMILY, Pi05Config, NormStats, tokenizer_path, "PaliGemma")
@@ -51,7 +54,7 @@ class Pi05Runtime:
             hdr.config, hdr.norm_stats, hdr.plan_summary, hdr.file_size)
         self.preprocessor = Pi05Preprocessor(self.config, hdr.tokenizer, self.norm_stats)
         self._rt = native.native_module().Pi05Runtime(
-            self.path, self.config.native_hparams(), n_threads or native.default_threads(), device
+            self.path, self.config.native_hparams(), n_threads or native.default_threads(), device, repack
         )
         self._rng = np.random.default_rng(seed)
         log.info("pi05 runtime: %s on %s (%.1f MB)", self.path, self._rt.backend, self.file_size / 1e6)

@@ -23,6 +23,7 @@
 # e.g. .devrun, which the device keeps between calls while the machine stays warm) a second call finds the
 # demonstrations and both trainers' states there, skips the demos and resumes both runs (optimizer, EMA and
 # step count kept; the cosine restarts over the new time box).  The init dirs are then ignored.
+# TRAIN=pi05 or TRAIN=oft trains one policy only (it then has the GPU to itself).
 set -uo pipefail
 T_START=$(date +%s)
 DEADLINE=$(( T_START + ${JOB_BUDGET_S:-560} - 25 ))
@@ -54,16 +55,18 @@ PI_ARGS=(); OFT_ARGS=()
 if [ -f "$WORK/state-pi05/train_state.pt" ]; then PI_ARGS=(--resume); elif [ "$PI_INIT" != "-" ]; then PI_ARGS=(--init-from "$PI_INIT"); fi
 if [ -f "$WORK/state-oft/train_state_oft.pt" ]; then OFT_ARGS=(--resume); elif [ "$OFT_INIT" != "-" ]; then OFT_ARGS=(--init-from "$OFT_INIT"); fi
 echo "pi05 args: ${PI_ARGS[*]}   oft args: ${OFT_ARGS[*]}"
-python3 -m actquant_core.train.pi05 --data "$WORK/demos/lerobot" --out "$WORK/policies/pi05-small-sim" \
+TRAIN=${TRAIN:-both}  # both | pi05 | oft
+P1=""; P2=""
+[ "$TRAIN" != oft ] && { python3 -m actquant_core.train.pi05 --data "$WORK/demos/lerobot" --out "$WORK/policies/pi05-small-sim" \
         --state-dir "$WORK/state-pi05" --minutes "$MIN" "${PI_ARGS[@]}" --delta-action-dims 6 --load-workers 7 --deadline $DEADLINE \
         > "$WORK/train_pi05.log" 2>&1 &
-P1=$!
-python3 -m actquant_core.train.openvla_oft --data "$WORK/demos/lerobot" --out "$WORK/policies/openvla-oft-small-sim" \
+P1=$!; }
+[ "$TRAIN" != pi05 ] && { python3 -m actquant_core.train.openvla_oft --data "$WORK/demos/lerobot" --out "$WORK/policies/openvla-oft-small-sim" \
         --state-dir "$WORK/state-oft" --minutes "$MIN" "${OFT_ARGS[@]}" --load-workers 7 --deadline $DEADLINE \
         > "$WORK/train_oft.log" 2>&1 &
-P2=$!
-wait $P1; echo "pi05 rc=$?"; wait $P2; echo "oft rc=$?"
-for n in pi05 oft; do grep -v Warning "$WORK/train_$n.log" | tail -4 | cut -c1-200; grep -v "step [0-9]* loss" "$WORK/train_$n.log" | tail -30 > "$OUT/train_$n.log"; done
-rm -f "$WORK"/policies/*/tokenizer.model  # = actquant_core/assets/tokenizers/robot_small.model
+P2=$!; }
+[ -n "$P1" ] && { wait $P1; echo "pi05 rc=$?"; }
+[ -n "$P2" ] && { wait $P2; echo "oft rc=$?"; }
+for n in pi05 oft; do [ -f "$WORK/train_$n.log" ] || continue; grep -v Warning "$WORK/train_$n.log" | tail -4 | cut -c1-200; grep -v "step [0-9]* loss" "$WORK/train_$n.log" | tail -30 > "$OUT/train_$n.log"; done
 (cd "$WORK/policies" && tar cf - . | split -b 15m - "$OUT/policies.tar.part-")
 ls -la "$OUT"; echo "job: $(( $(date +%s) - T_START )) s"

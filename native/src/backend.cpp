@@ -57,12 +57,43 @@ Backend::Backend(const backend_params & params) : n_threads_(params.n_threads) {
     if (cpu_ == nullptr) throw Error("ggml_backend_cpu_init failed");
     ggml_backend_cpu_set_n_threads(cpu_, params.n_threads);
     backends_.push_back(cpu_);
-    desc << "CPU(" << params.n_threads << " threads)";
+    desc << "CPU(" << params.n_threads << " threads";
+    if (params.repack && !is_gpu()) {
+        ggml_backend_dev_t dev = ggml_backend_get_device(cpu_);
+        ggml_backend_reg_t reg = dev ? ggml_backend_dev_backend_reg(dev) : nullptr;
+        auto get_extra = reg ? (ggml_backend_dev_get_extra_bufts_t) ggml_backend_reg_get_proc_address(
+                                   reg, "ggml_backend_dev_get_extra_bufts")
+                             : nullptr;
+        for (ggml_backend_buffer_type_t * b = get_extra ? get_extra(dev) : nullptr; b && *b; ++b) {
+            if (std::string(ggml_backend_buft_name(*b)) == "CPU_REPACK") repack_buft_ = *b;
+        }
+        if (repack_buft_) repack_probe_ = ggml_backend_buft_alloc_buffer(repack_buft_, 0);
+        if (repack_probe_ == nullptr) repack_buft_ = nullptr;
+        if (repack_buft_) desc << ", repack";
+    }
+    desc << ")";
     description_ = desc.str();
+}
+
+bool Backend::repack_supported(const ggml_tensor * w) const {
+    if (repack_buft_ == nullptr || ggml_n_dims(w) != 2 || !ggml_is_quantized(w->type)) return false;
+    // A MUL_MAT node with a stand-in of w in the repack buffer type: the CPU device answers from the same
+    // rule its compute path uses (CPU features, type, rows multiple of the interleave).
+    ggml_init_params ip{/*mem_size=*/4 * ggml_tensor_overhead(), /*mem_buffer=*/nullptr, /*no_alloc=*/true};
+    ggml_context * ctx = ggml_init(ip);
+    if (ctx == nullptr) return false;
+    ggml_tensor * a = ggml_new_tensor_2d(ctx, w->type, w->ne[0], w->ne[1]);
+    ggml_tensor * x = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, w->ne[0], 16);
+    ggml_tensor * y = ggml_mul_mat(ctx, a, x);
+    a->buffer = repack_probe_;
+    const bool ok = ggml_backend_dev_supports_op(ggml_backend_get_device(cpu_), y);
+    ggml_free(ctx);
+    return ok;
 }
 
 Backend::~Backend() {
     if (sched_) ggml_backend_sched_free(sched_);
+    if (repack_probe_) ggml_backend_buffer_free(repack_probe_);
     for (auto b : backends_) ggml_backend_free(b);
 }
 

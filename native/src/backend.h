@@ -12,6 +12,11 @@ namespace actquant {
 struct backend_params {
     int n_threads = 2;      // CPU threads
     std::string device = "cpu";  // "cpu" | "cuda" | "cuda:N"
+    // CPU only: place the weights that GGML's CPU backend can repack (Q4_0/Q4_K/IQ4_NL/MXFP4 on AVX2,
+    // Q2_K on AVX-512, more on ARM; rows a multiple of 8) in its CPU_REPACK buffer type, whose interleaved
+    // layout feeds the batched GEMM kernels (prefix / vision matmuls).  Costs a copy of those weights in
+    // RAM (their mapped pages are released) and a one-off conversion at load.
+    bool repack = true;
 };
 
 backend_params backend_default_params();
@@ -29,6 +34,10 @@ public:
     bool is_gpu() const { return backends_.size() > 1; }
     const std::string & description() const { return description_; }
     int n_threads() const { return n_threads_; }
+    // CPU_REPACK buffer type when repacking is on and this build has it; nullptr otherwise.
+    ggml_backend_buffer_type_t repack_buft() const { return repack_buft_; }
+    // Whether weight ``w`` (type and shape as loaded) would be repacked for a MUL_MAT with f32 input.
+    bool repack_supported(const ggml_tensor * w) const;
 
     // Phase 2: allocates every tensor of graph that has no buffer yet (inputs, intermediates).
     // Graph nodes must come from a no-alloc context. Set input data after this, then run().
@@ -48,6 +57,8 @@ private:
     size_t sched_graph_size_ = 0;
     std::string description_;
     int n_threads_ = 1;
+    ggml_backend_buffer_type_t repack_buft_ = nullptr;
+    ggml_backend_buffer_t repack_probe_ = nullptr;  // zero-size buffer of repack_buft_, for supports_op probes
     ggml_backend_sched_eval_callback eval_cb_ = nullptr;
     void * eval_user_ = nullptr;
 };

@@ -149,13 +149,15 @@ PYBIND11_MODULE(_native, m) {
     m.def("ggml_version", [] { return std::string("0.15.3"); });
 
     py::class_<Backend, std::shared_ptr<Backend>>(m, "Backend")
-        .def(py::init([](int n_threads, const std::string & device) {
+        .def(py::init([](int n_threads, const std::string & device, bool repack) {
                  backend_params p = backend_default_params();
                  p.n_threads = n_threads;
                  p.device = device;
+                 p.repack = repack;
                  return std::make_shared<Backend>(p);
              }),
-             py::arg("n_threads") = 2, py::arg("device") = "cpu")
+             py::arg("n_threads") = 2, py::arg("device") = "cpu", py::arg("repack") = true)
+        .def_property_readonly("repack", [](const Backend & b) { return b.repack_buft() != nullptr; })
         .def_property_readonly("description", &Backend::description)
         .def_property_readonly("is_gpu", &Backend::is_gpu)
         .def_property_readonly("n_threads", &Backend::n_threads);
@@ -168,6 +170,8 @@ PYBIND11_MODULE(_native, m) {
         .def_property_readonly("path", &GgufModel::path)
         .def_property_readonly("file_size", &GgufModel::file_size)
         .def_property_readonly("weights_nbytes", &GgufModel::weights_nbytes)
+        .def_property_readonly("n_repacked", &GgufModel::n_repacked)
+        .def_property_readonly("repacked_nbytes", &GgufModel::repacked_nbytes)
         .def("tensor_names", &GgufModel::tensor_names)
         .def("tensor_info",
              [](const GgufModel & self, const std::string & name) {

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "errors.h"
+#include "ggml-alloc.h"
 
 namespace actquant {
 
@@ -84,14 +85,52 @@ GgufModel::GgufModel(const std::string & path, Backend * backend) : path_(path) 
 
     if (backend == nullptr || n == 0) return;
     if (!backend->is_gpu()) {
-        // Zero copy: a CPU buffer over the whole mapping, each tensor pointing at its bytes.
+        // Weights the CPU backend can repack go to its CPU_REPACK buffer (a converted copy); embedding tables
+        // (read by GET_ROWS, which the repacked layout does not serve) stay plain.
+        std::vector<ggml_tensor *> packed;
+        size_t packed_bytes = 0;
+        const size_t align = backend->repack_buft() ? ggml_backend_buft_get_alignment(backend->repack_buft()) : 1;
+        for (int64_t i = 0; i < n; ++i) {
+            ggml_tensor * t = by_name_[gguf_get_tensor_name(gguf_, i)];
+            const std::string name = t->name;
+            const bool embedding = name.size() >= 17 && name.compare(name.size() - 17, 17, "token_embd.weight") == 0;
+            if (!embedding && backend->repack_supported(t)) {
+                packed.push_back(t);
+                packed_bytes += GGML_PAD(ggml_nbytes(t), align);
+            }
+        }
+        // Zero copy for the rest: a CPU buffer over the whole mapping, each tensor pointing at its bytes.
         buffer_ = ggml_backend_cpu_buffer_from_ptr(map_, size_);
         if (buffer_ == nullptr) fail("could not wrap the mapping in a CPU buffer");
         ggml_backend_buffer_set_usage(buffer_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+        if (!packed.empty()) {
+            packed_buffer_ = ggml_backend_buft_alloc_buffer(backend->repack_buft(), packed_bytes + align);
+            if (packed_buffer_ == nullptr) {
+                fail("could not allocate " + std::to_string(packed_bytes >> 20) + " MiB for repacked weights "
+                     "(load with repack=False to run from the mapping)");
+            }
+            ggml_backend_buffer_set_usage(packed_buffer_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+            ggml_tallocr talloc = ggml_tallocr_new(packed_buffer_);
+            for (ggml_tensor * t : packed) {
+                if (ggml_tallocr_alloc(&talloc, t) != GGML_STATUS_SUCCESS) {
+                    fail(std::string("could not place tensor '") + t->name + "' in the repack buffer");
+                }
+            }
+        }
         for (int64_t i = 0; i < n; ++i) {
             ggml_tensor * t = by_name_[gguf_get_tensor_name(gguf_, i)];
-            void * addr = map_ + data_off + gguf_get_tensor_offset(gguf_, i);
-            if (ggml_backend_tensor_alloc(buffer_, t, addr) != GGML_STATUS_SUCCESS) {
+            uint8_t * addr = map_ + data_off + gguf_get_tensor_offset(gguf_, i);
+            if (t->buffer == packed_buffer_ && packed_buffer_ != nullptr) {
+                ggml_backend_tensor_set(t, addr, 0, ggml_nbytes(t));  // converts to the interleaved layout
+                // The original bytes are not needed for compute any more: drop their pages from this process
+                // (file-backed and read-only, so host_data() still reads them back on demand).
+                const uintptr_t page = (uintptr_t) sysconf(_SC_PAGESIZE);
+                const uintptr_t lo = ((uintptr_t) addr + page - 1) & ~(page - 1);
+                const uintptr_t hi = ((uintptr_t) addr + ggml_nbytes(t)) & ~(page - 1);
+                if (hi > lo) madvise((void *) lo, hi - lo, MADV_DONTNEED);
+                packed_nbytes_ += ggml_nbytes(t);
+                ++n_packed_;
+            } else if (ggml_backend_tensor_alloc(buffer_, t, addr) != GGML_STATUS_SUCCESS) {
                 fail(std::string("could not place tensor '") + t->name + "'");
             }
         }
@@ -107,6 +146,7 @@ GgufModel::GgufModel(const std::string & path, Backend * backend) : path_(path) 
 }
 
 GgufModel::~GgufModel() {
+    if (packed_buffer_) ggml_backend_buffer_free(packed_buffer_);
     if (buffer_) ggml_backend_buffer_free(buffer_);
     if (ctx_) ggml_free(ctx_);
     if (gguf_) gguf_free(gguf_);

@@ -2,7 +2,8 @@
 //
 // Loading (phase 1 of every model): the file is mmapped; gguf_init_from_file builds tensor metadata in a
 // no-alloc ggml context; every tensor's byte range is checked against the file size before any use; on the
-// CPU backend the tensors point into the mapping (zero copy), on a GPU they are uploaded once.
+// CPU backend the tensors point into the mapping (zero copy) except the ones the backend repacks (see
+// backend_params::repack), on a GPU they are uploaded once.
 #pragma once
 
 #include <cstdint>
@@ -45,6 +46,9 @@ public:
 
     size_t file_size() const { return size_; }
     size_t weights_nbytes() const { return weights_nbytes_; }
+    // Weights converted into the CPU backend's repacked layout at load (Backend repack on; 0 otherwise).
+    int n_repacked() const { return n_packed_; }
+    size_t repacked_nbytes() const { return packed_nbytes_; }
 
 private:
     std::string path_;
@@ -54,6 +58,9 @@ private:
     gguf_context * gguf_ = nullptr;
     ggml_context * ctx_ = nullptr;
     ggml_backend_buffer_t buffer_ = nullptr;
+    ggml_backend_buffer_t packed_buffer_ = nullptr;
+    int n_packed_ = 0;
+    size_t packed_nbytes_ = 0;
     size_t weights_nbytes_ = 0;
     std::unordered_map<std::string, ggml_tensor *> by_name_;
 

@@ -62,10 +62,12 @@ def weight_file(tmp_path_factory):
     return path, W, types
 
 
+@pytest.mark.parametrize("repack", [True, False], ids=["repack", "mapped"])
 @pytest.mark.parametrize("batch", [1, 7, 64])
-def test_mul_mat_parity(weight_file, batch):
+def test_mul_mat_parity(weight_file, batch, repack):
+    """Both weight placements (repacked interleaved GEMM / straight from the mapping) at the same tolerances."""
     path, W, types = weight_file
-    backend = native.Backend(n_threads=2)
+    backend = native.Backend(n_threads=2, repack=repack)
     model = native.GgufModel(path, backend)
     rng = np.random.default_rng(batch)
     x = rng.standard_normal((batch, 512)).astype(np.float32)
@@ -79,6 +81,42 @@ def test_mul_mat_parity(weight_file, batch):
         y_float = x.astype(np.float64) @ Wd.T
         assert _rel(model_y, y_emul) < TOL_EMULATED, (t, batch, _rel(model_y, y_emul))
         assert _rel(model_y, y_float) < TOL_FLOAT_X[t], (t, batch, _rel(model_y, y_float))
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def test_repack_placement(tmp_path):
+    """Q4_K weights with rows a multiple of 8 are repacked on AVX2 CPUs; embedding tables and rows not a
+    multiple of 8 stay in the mapping; repack=False repacks nothing; outputs agree between the two."""
+    rng = np.random.default_rng(3)
+    W = (rng.standard_normal((64, 512)) * 0.05).astype(np.float32)
+    path = tmp_path / "r.gguf"
+    write_policy_gguf(path, "test", {}, [TensorEntry("blk.0.w.weight", W, "Q4_K"),
+                                          TensorEntry("lm.token_embd.weight", W, "Q4_K"),
+                                          TensorEntry("odd.weight", W[:60], "Q4_K")], tokenizer_model=b"\x00tok")
+    off = native.GgufModel(path, native.Backend(n_threads=1, repack=False))
+    assert off.n_repacked == 0 and off.repacked_nbytes == 0
+    backend = native.Backend(n_threads=1)
+    on = native.GgufModel(path, backend)
+    if "avx2" in _cpu_flags():
+        assert backend.repack and "repack" in backend.description
+        assert on.n_repacked == 1, on.n_repacked  # blk.0.w only
+        assert on.repacked_nbytes == on.tensor_info("blk.0.w.weight")[2]
+    x = rng.standard_normal((33, 512)).astype(np.float32)
+    b_off = native.Backend(n_threads=1, repack=False)
+    off = native.GgufModel(path, b_off)
+    for name in ("blk.0.w.weight", "odd.weight"):
+        y_on, y_off = native.mul_mat(on, backend, name, x), native.mul_mat(off, b_off, name, x)
+        assert _rel(y_on, y_off) < TOL_EMULATED, (name, _rel(y_on, y_off))
 
 
 def test_metadata_round_trip(weight_file):

@@ -117,13 +117,16 @@ const T * checked_for(const char * family, const py::array_t<T, py::array::c_sty
 
 void register_openvla_oft(py::module_ & m) {
     py::class_<OftRuntime, std::shared_ptr<OftRuntime>>(m, "OftRuntime")
-        .def(py::init([](const std::string & path, const py::dict & hparams, int n_threads, const std::string & device) {
+        .def(py::init([](const std::string & path, const py::dict & hparams, int n_threads, const std::string & device,
+                         bool repack) {
                  backend_params bp = backend_default_params();
                  bp.n_threads = n_threads;
                  bp.device = device;
+                 bp.repack = repack;
                  return std::make_shared<OftRuntime>(path, oft_hparams_from(hparams), bp);
              }),
-             py::arg("path"), py::arg("hparams"), py::arg("n_threads") = 2, py::arg("device") = "cpu")
+             py::arg("path"), py::arg("hparams"), py::arg("n_threads") = 2, py::arg("device") = "cpu",
+             py::arg("repack") = true)
         .def_property_readonly("backend", [](const OftRuntime & r) { return r.backend().description(); })
         .def_property_readonly("weights_nbytes", [](const OftRuntime & r) { return r.model().weights_nbytes(); })
         .def(
@@ -164,13 +167,16 @@ void register_openvla_oft(py::module_ & m) {
 void register_models(py::module_ & m) {
     register_openvla_oft(m);
     py::class_<Pi05Runtime, std::shared_ptr<Pi05Runtime>>(m, "Pi05Runtime")
-        .def(py::init([](const std::string & path, const py::dict & hparams, int n_threads, const std::string & device) {
+        .def(py::init([](const std::string & path, const py::dict & hparams, int n_threads, const std::string & device,
+                         bool repack) {
                  backend_params bp = backend_default_params();
                  bp.n_threads = n_threads;
                  bp.device = device;
+                 bp.repack = repack;
                  return std::make_shared<Pi05Runtime>(path, pi05_hparams_from(hparams), bp);
              }),
-             py::arg("path"), py::arg("hparams"), py::arg("n_threads") = 2, py::arg("device") = "cpu")
+             py::arg("path"), py::arg("hparams"), py::arg("n_threads") = 2, py::arg("device") = "cpu",
+             py::arg("repack") = true)
         .def_property_readonly("backend", [](const Pi05Runtime & r) { return r.backend().description(); })
         .def_property_readonly("weights_nbytes", [](const Pi05Runtime & r) { return r.model().weights_nbytes(); })
         .def(
