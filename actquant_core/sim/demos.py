@@ -69,6 +69,7 @@ class DemoConfig:
     from_init_states: bool = False
     task_keys: tuple[str, ...] = ()
     compress: bool = True
+    qd_max: float | None = None
 
     def __post_init__(self) -> None:
         if self.episodes_per_task < 1:
@@ -82,9 +83,12 @@ class DemoConfig:
             raise ValueError(f"bag_episodes_per_task must be >= -1, got {self.bag_episodes_per_task}")
         if self.chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {self.chunk}")
+        if self.qd_max is not None and not self.qd_max > 0:
+            raise ValueError(f"qd_max must be > 0 rad/s or None, got {self.qd_max}")
 
 
-def record_episode(env, expert_cls, layout_seed: tuple[int, ...] | None, init_index: int | None):
+def record_episode(env, expert_cls, layout_seed: tuple[int, ...] | None, init_index: int | None,
+                   qd_max: float | None = None):
     """Run the expert once; returns (Episode fields dict, success).
 
     ``layout_seed`` draws a fresh layout (``sample_layout``); otherwise ``init_index`` picks a saved init
@@ -92,7 +96,7 @@ def record_episode(env, expert_cls, layout_seed: tuple[int, ...] | None, init_in
     """
     task = env.task
     obs = env.reset(init_index, layout_seed=layout_seed)
-    expert = expert_cls(env.world, task, policy_hz=env.config.policy_hz)
+    expert = expert_cls(env.world, task, policy_hz=env.config.policy_hz, qd_max=qd_max)
     images = {c: [] for c in obs["images"]}
     states, actions = [], []
     ok = False
@@ -130,11 +134,11 @@ def _job(args: tuple) -> list[dict]:
             for attempt in range(MAX_ATTEMPTS):
                 if cfg.from_init_states:
                     init_index = (slot + attempt * cfg.episodes_per_task) % n_init
-                    fields, ok = record_episode(env, ScriptedExpert, None, init_index)
+                    fields, ok = record_episode(env, ScriptedExpert, None, init_index, cfg.qd_max)
                     seed = init_index
                 else:
                     seed_t = (cfg.seed, task_index, slot, attempt)
-                    fields, ok = record_episode(env, ScriptedExpert, seed_t, None)
+                    fields, ok = record_episode(env, ScriptedExpert, seed_t, None, cfg.qd_max)
                     seed = int(np.random.default_rng(list(seed_t)).integers(2**31))
                 if ok:
                     break
@@ -222,13 +226,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tasks", default="", help="comma list of <suite>/<name> keys (default: the whole suite)")
     p.add_argument("--from-init-states", action="store_true", help="use the saved evaluation init states")
     p.add_argument("--no-compress", action="store_true", help="write uncompressed episode files (fast to read)")
+    p.add_argument("--qd-max", type=float, default=None,
+                   help="cap the expert's joint speed (rad/s; 0.9 keeps under the node's UR3 default of 1.0)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     cfg = DemoConfig(out=a.out, suite=a.suite, episodes_per_task=a.episodes_per_task, workers=a.workers,
                      model=a.model, image_size=a.image_size, fps=a.fps, seed=a.seed,
                      formats=tuple(f for f in a.formats.split(",") if f), bag_episodes_per_task=a.bag_episodes_per_task,
                      chunk=a.chunk, from_init_states=a.from_init_states,
-                     task_keys=tuple(k for k in a.tasks.split(",") if k), compress=not a.no_compress)
+                     task_keys=tuple(k for k in a.tasks.split(",") if k), compress=not a.no_compress,
+                     qd_max=a.qd_max)
     report = generate(cfg)
     log.info("done in %.0f s: %s", report["wall_s"], json.dumps(report["per_task"]))
 

@@ -4,9 +4,11 @@ An expert walks through its task's subgoals with a small script per skill (pick,
 Every ``act()`` returns one 7-dim action for one policy period (default 0.1 s): the absolute joint target
 q [6] (rad) and the gripper target in [0, 1] (1 open).  The Cartesian set point moves towards the current
 waypoint at a bounded speed and is turned into joints by IK seeded with the previous target, so the
-joint targets are smooth.  No joint target moves faster than ``QD_MAX`` (the set point slows down
-where the IK would need more), so a real or simulated UR3 running the node's default limits can follow
-the demonstrations (and the policies trained on them) without lagging.  Object poses are re-read at the start of every phase, and a failed grasp
+joint targets are smooth.  With ``qd_max`` set no joint target moves faster than that (the set point
+slows down where the IK would need more), so a UR3 running the node's default limits (``QD_MAX_UR3``) can
+follow the demonstrations, and the policies trained on them, without lagging; unset (the default, the
+data the bundled small policies were trained on) joints move as fast as the Cartesian speeds need (wrists
+up to ~5 rad/s).  Object poses are re-read at the start of every phase, and a failed grasp
 (object not lifted) is retried.
 """
 
@@ -25,7 +27,7 @@ SAFE_Z = 0.17  # travel height of the TCP (m)
 FAST = 0.30  # m/s
 SLOW = 0.12  # m/s
 YAW_RATE = 2.0  # rad/s
-QD_MAX = 0.9  # rad/s per joint: under the node's default UR3 limit (config/ur3.yaml qd_max 1.0)
+QD_MAX_UR3 = 0.9  # rad/s per joint: just under the node's default UR3 limit (config/ur3.yaml qd_max 1.0)
 POS_TOL = 0.006  # m: a waypoint counts as reached by the measured TCP
 MAX_GRASP_TRIES = 3
 GRIP_OPEN = 1.0
@@ -53,11 +55,15 @@ class ScriptedExpert:
         world: the ``UR3World``.
         task: the task to solve.
         policy_hz: action rate (Hz).
+        qd_max: joint speed cap (rad/s per joint) of the commanded targets; None = uncapped.
     """
 
-    def __init__(self, world, task: Task, policy_hz: float = 10.0) -> None:
+    def __init__(self, world, task: Task, policy_hz: float = 10.0, qd_max: float | None = None) -> None:
         if policy_hz <= 0:
             raise ValueError(f"policy_hz must be > 0, got {policy_hz}")
+        if qd_max is not None and not qd_max > 0:
+            raise ValueError(f"qd_max must be > 0 rad/s or None, got {qd_max}")
+        self.qd_max = qd_max
         self.world = world
         self.task = task
         self.dt = 1.0 / policy_hz
@@ -84,15 +90,15 @@ class ScriptedExpert:
         pass  # keep the last command
 
     def _command(self, p: np.ndarray, yaw: float) -> float:
-        """Set the joint target for the set point (``p``, ``yaw``), moving at most ``QD_MAX`` per joint.
+        """Set the joint target for the set point (``p``, ``yaw``), moving at most ``qd_max`` per joint.
 
         Returns the fraction (0, 1] of the step from the current set point to (``p``, ``yaw``) taken:
-        where the IK solution would move a joint faster than ``QD_MAX`` the step is shortened (twice,
+        where the IK solution would move a joint faster than ``qd_max`` the step is shortened (twice,
         then the joint step itself is clipped).
         """
         p = np.asarray(p, dtype=np.float64)
         p0, y0 = self.p_cmd, self.yaw_cmd
-        lim = QD_MAX * self.dt
+        lim = math.inf if self.qd_max is None else self.qd_max * self.dt
         frac = 1.0
         for _ in range(3):
             pf, yf = p0 + frac * (p - p0), y0 + frac * (yaw - y0)

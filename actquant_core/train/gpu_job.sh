@@ -23,7 +23,8 @@
 # e.g. .devrun, which the device keeps between calls while the machine stays warm) a second call finds the
 # demonstrations and both trainers' states there, skips the demos and resumes both runs (optimizer, EMA and
 # step count kept; the cosine restarts over the new time box).  The init dirs are then ignored.
-# TRAIN=pi05 or TRAIN=oft trains one policy only (it then has the GPU to itself).
+# TRAIN=pi05 or TRAIN=oft trains one policy only (it then has the GPU to itself).  QD_MAX=0.9 caps the
+# expert's joint speed (sim.demos --qd-max); unset = the data the bundled policies were trained on.
 set -uo pipefail
 T_START=$(date +%s)
 DEADLINE=$(( T_START + ${JOB_BUDGET_S:-560} - 25 ))
@@ -46,7 +47,7 @@ if [ -f "$WORK/demos/demos_report.json" ]; then
     echo "demos: reusing $WORK/demos"
 else
     python3 -m actquant_core.sim.demos --suite all --episodes-per-task "$EPT" --out "$WORK/demos" --workers 15 \
-            --formats lerobot --no-compress 2>&1 | tail -1 | cut -c1-300
+            --formats lerobot --no-compress ${QD_MAX:+--qd-max "$QD_MAX"} 2>&1 | tail -1 | cut -c1-300
 fi
 cp "$WORK/demos/demos_report.json" "$OUT/" 2>/dev/null
 echo "demos: $(( $(date +%s) - t0 )) s"

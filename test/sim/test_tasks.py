@@ -7,7 +7,7 @@ import pytest
 
 from actquant_core.constants import SIM_SUITES
 from actquant_core.sim.env import SimEnv, SimEnvConfig
-from actquant_core.sim.expert import ScriptedExpert
+from actquant_core.sim.expert import QD_MAX_UR3, ScriptedExpert
 from actquant_core.sim.tasks import (
     N_INIT_STATES,
     TASKS,
@@ -51,19 +51,41 @@ def test_init_states_are_reproducible():
         env.close()
 
 
-def _run_expert(key: str, init_index: int) -> tuple[bool, int]:
+def _run_expert(key: str, init_index: int, qd_max: float | None = None, actions: list | None = None) -> tuple[bool, int]:
     task = get_task(key)
     env = SimEnv(task, SimEnvConfig(render=False))
     try:
         env.reset(init_index)
         assert not env.success()  # a fresh layout is not already solved
-        expert = ScriptedExpert(env.world, task)
+        expert = ScriptedExpert(env.world, task, qd_max=qd_max)
         while True:
-            _, ok, done = env.step(expert.act(), observe=False)
+            a = expert.act()
+            if actions is not None:
+                actions.append(a)
+            _, ok, done = env.step(a, observe=False)
             if done:
                 return ok, env.steps
     finally:
         env.close()
+
+
+JOINT_SPEED_SLACK = 1e-6  # rad/s over the cap (float rounding of the clipped step)
+
+
+@pytest.mark.parametrize("key,init_index", [("goal/mug_on_plate", 5), ("long/drawer_cube", 1)])
+def test_expert_joint_speed_cap(key, init_index):
+    """With qd_max the expert's joint targets never move faster than the cap and it still succeeds; the
+    uncapped expert on the same layout does exceed it (so the cap is what keeps it under)."""
+    capped, free = [], []
+    ok, steps = _run_expert(key, init_index, qd_max=QD_MAX_UR3, actions=capped)
+    assert ok, f"capped expert failed on {key} init {init_index} after {steps} steps"
+    _run_expert(key, init_index, actions=free)
+    dt = 1.0 / SimEnvConfig().policy_hz
+    speed = lambda acts: np.abs(np.diff(np.asarray(acts)[:, :6], axis=0)).max() / dt  # noqa: E731
+    assert speed(capped) <= QD_MAX_UR3 + JOINT_SPEED_SLACK, speed(capped)
+    assert speed(free) > QD_MAX_UR3, speed(free)
+    with pytest.raises(ValueError, match="qd_max"):
+        ScriptedExpert(None, get_task(key), qd_max=0.0)
 
 
 @pytest.mark.parametrize("key,init_index", [("spatial/right_bowl", 3), ("goal/open_drawer", 0),
