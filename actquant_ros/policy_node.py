@@ -10,6 +10,11 @@ Threads (none of them blocks another)::
                      (trajectory_msgs/JointTrajectory on ``chunk_topic``)
     control loop     ``ControlLoop`` at the arm's rate (UR3 125 Hz, UR3e 500 Hz): scheduler -> Safety -> arm
 
+Instruction.  With ``require_instruction`` (default) the worker makes no policy call while the instruction
+is empty or blank (no ``instruction`` parameter, no message on ``instruction_topic`` yet, or an empty
+message): no chunk is published and the arm gets no command, as for any other missing input; the
+diagnostics say so (level warn, ``waiting_for_instruction`` 1) and the first non-empty instruction is logged.
+
 Faults.  A non-finite chunk is rejected by ``ControlLoop.submit_chunk`` (latched fault, arm stopped in the
 same call, nothing published).  A runtime exception holds the loop (chunks dropped, arm stopped) and is
 counted; inference resumes on the next fresh observation.  Stale cameras / joints, the chunk watchdog
@@ -123,6 +128,9 @@ class PolicyNodeConfig:
         "robot state for the policy: topic | arm | auto (arm for rtde/sim, topic for dry_run)", lambda v: v in C.JOINT_SOURCES, f"one of {C.JOINT_SOURCES}"))
     instruction: str = field(default="", metadata=_p("language instruction (a message on instruction_topic replaces it)", lambda v: isinstance(v, str), "a string"))
     instruction_topic: str = field(default=C.TOPIC_INSTRUCTION, metadata=_p("std_msgs/String instruction topic", _abs_topic, "absolute topic"))
+    require_instruction: bool = field(default=True, metadata=_p(
+        "wait for a non-empty instruction (parameter or instruction_topic) before the first policy call: no chunk, no arm "
+        "command while it is empty or blank (false: run the policy with an empty prompt)", lambda v: isinstance(v, bool), "a bool"))
     chunk_topic: str = field(default=C.TOPIC_ACTION_CHUNK, metadata=_p("trajectory_msgs/JointTrajectory topic of each action chunk", _abs_topic, "absolute topic"))
     diagnostics_topic: str = field(default=C.TOPIC_DIAGNOSTICS, metadata=_p("diagnostic_msgs/DiagnosticArray topic", _abs_topic, "absolute topic"))
     diagnostics_period_s: float = field(default=1.0, metadata=_p("diagnostics period, s", _pos, "> 0"))
@@ -256,6 +264,7 @@ class PolicyStats:
     nonfinite_chunks: int = 0
     runtime_errors: int = 0
     skipped_unsynced: int = 0
+    skipped_no_instruction: int = 0  # synchronised inputs were there, the instruction was empty
     last_error: str = ""
     latency_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=500))
 
@@ -381,6 +390,9 @@ class PolicyNode:
                 raise
             self.state = "active"
             self._logger.info("active")
+            if self.waiting_for_instruction:
+                self._logger.info("waiting for an instruction on %s (or the instruction parameter) before the first "
+                                  "policy call; the arm gets no command until then", self.cfg.instruction_topic)
 
     def deactivate(self) -> None:
         """Stop the inference worker and the control loop; the arm is stopped.  Idempotent."""
@@ -478,12 +490,30 @@ class PolicyNode:
         self._latest.new_data.set()
 
     def _on_instruction(self, msg: String) -> None:
+        text = str(msg.data)
         with self._latest.lock:
-            changed = self._latest.instruction != str(msg.data)
-            self._latest.instruction = str(msg.data)
-        if changed:
-            self._logger.info("instruction: %r", msg.data)
+            previous = self._latest.instruction
+            self._latest.instruction = text
+        was_missing, missing = self._instruction_missing(previous), self._instruction_missing(text)
+        if was_missing and not missing:  # the transition out of the wait (once per wait)
+            self._logger.info("instruction received on %s: %r; policy calls start", self.cfg.instruction_topic, text)
+        elif missing and not was_missing:
+            self._logger.warning("empty instruction %r on %s: no policy call until a non-empty one "
+                                 "(the arm holds when its current chunk ends)", text, self.cfg.instruction_topic)
+        elif text != previous:
+            self._logger.info("instruction: %r", text)
         self._latest.new_data.set()
+
+    def _instruction_missing(self, instruction: str) -> bool:
+        """True when ``require_instruction`` is set and ``instruction`` is empty or blank."""
+        return self.cfg.require_instruction and not instruction.strip()
+
+    @property
+    def waiting_for_instruction(self) -> bool:
+        """True while no policy call is made because the instruction is empty (``require_instruction``)."""
+        with self._latest.lock:
+            instruction = self._latest.instruction
+        return self._instruction_missing(instruction)
 
     def _on_control(self, msg: String) -> None:
         word = str(msg.data).strip()
@@ -499,11 +529,17 @@ class PolicyNode:
 
     # -- observation --------------------------------------------------------------------------------
     def build_observation(self, now: float) -> Observation | None:
-        """The latest synchronised observation, or None when an input is missing, stale or out of sync.
+        """The latest synchronised observation, or None when an input is missing, stale or out of sync, or
+        when ``require_instruction`` is set and the instruction is empty or blank.
 
         Images: slot -> [H, W, 3] uint8; state: [6] joints (+ gripper when configured) in rad; stamp: the
         oldest camera frame's receipt time (``time.monotonic``), i.e. what RTC alignment must assume.
         """
+        obs = self._synchronised_inputs(now)
+        return None if obs is None or self._instruction_missing(obs.instruction) else obs
+
+    def _synchronised_inputs(self, now: float) -> Observation | None:
+        """``build_observation`` without the instruction check (None: an input is missing, stale or unsynced)."""
         cfg = self.cfg
         with self._latest.lock:
             if any(s not in self._latest.images for s in cfg.camera_slots):
@@ -542,14 +578,17 @@ class PolicyNode:
                 self._latest.new_data.wait(0.002)
                 self._latest.new_data.clear()
                 continue
-            obs = self.build_observation(time.monotonic())
+            obs = self._synchronised_inputs(time.monotonic())  # = build_observation, counting why it is None
             if obs is None:
                 self.stats.skipped_unsynced += 1
-                self._latest.new_data.wait(0.005)
-                self._latest.new_data.clear()
+            elif self._instruction_missing(obs.instruction):
+                self.stats.skipped_no_instruction += 1
+            else:
+                loop.mark_chunk_requested()
+                self._infer_and_submit(obs)
                 continue
-            loop.mark_chunk_requested()
-            self._infer_and_submit(obs)
+            self._latest.new_data.wait(0.005)
+            self._latest.new_data.clear()
 
     def _infer_and_submit(self, obs: Observation) -> None:
         loop = self.loop
@@ -600,16 +639,21 @@ class PolicyNode:
     def diagnostics(self) -> dict[str, dict]:
         """``{status name: {level, message, values}}`` for ``diagnostics_from_dict``."""
         lat = self.stats.latency()
+        waiting = self.waiting_for_instruction
         policy_values = {
             "latency_p50_ms": lat["p50"], "latency_p95_ms": lat["p95"], "latency_max_ms": lat["max"],
             "inferences": self.stats.inferences, "chunks_published": self.stats.chunks_published,
             "chunks_accepted": self.stats.chunks_accepted, "chunks_rejected": self.stats.chunks_rejected,
             "nonfinite_chunks": self.stats.nonfinite_chunks, "runtime_errors": self.stats.runtime_errors,
             "skipped_unsynced": self.stats.skipped_unsynced, "inference_in_flight": int(self._in_flight),
-            "last_error": self.stats.last_error, "state": self.state,
+            "skipped_no_instruction": self.stats.skipped_no_instruction,
+            "waiting_for_instruction": int(waiting), "last_error": self.stats.last_error, "state": self.state,
         }
-        out = {C.DIAG_POLICY: {"level": "error" if self.stats.runtime_errors or self.stats.nonfinite_chunks else "ok",
-                               "message": self.state, "values": policy_values}}
+        level = "error" if self.stats.runtime_errors or self.stats.nonfinite_chunks else "warn" if waiting else "ok"
+        message = self.state
+        if waiting:
+            message += f": waiting for an instruction on {self.cfg.instruction_topic} (no policy call until one arrives)"
+        out = {C.DIAG_POLICY: {"level": level, "message": message, "values": policy_values}}
         if self.loop is not None:
             rep = self.loop.report()
             values: dict[str, Any] = dict(rep.flat())

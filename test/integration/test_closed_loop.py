@@ -55,6 +55,8 @@ CONNECT_DEADLINE_S = 30.0
 # machine is shared with other jobs, where a 100 ms scheduling gap (the 10 Hz default) does happen; the
 # test keeps the watchdog on with a gap tolerance of 0.5 s.
 RTDE_WATCHDOG_HZ = 2.0
+# published by the simulator on /instruction (the subprocess node waits for it: require_instruction)
+INSTRUCTION = "put the red cube in the bowl"
 
 
 def _wait(pred, timeout_s=WAIT_S, what=""):
@@ -71,7 +73,7 @@ def sim(tmp_path_factory):
     """sim_camera_node (UR simulator + MuJoCo cameras on DDS) in a subprocess; yields its host."""
     host = pick_loopback_host()
     log_path = tmp_path_factory.mktemp("sim") / "sim.log"
-    cmd = sim_camera_cmd(host, "ur3", camera_rate_hz=15.0, image_size=64, instruction="put the red cube in the bowl",
+    cmd = sim_camera_cmd(host, "ur3", camera_rate_hz=15.0, image_size=64, instruction=INSTRUCTION,
                          exit_with_parent=True, python=PYTHON)  # what launch/ur3_sim.launch.py starts
     cmd[cmd.index("--ros-args"):cmd.index("--ros-args")] = ["--pstop-unlock-delay", "0"]
     err = open(log_path, "wb")  # noqa: SIM115 (closed below)
@@ -206,7 +208,7 @@ def _assert_stopped(arm: RecordingArm, t_fault: float) -> None:
 
 def test_protective_stop_and_disconnect_stop_the_node(sim, tiny_gguf):
     _reset(sim)
-    cfg = PolicyNodeConfig(policy_gguf=str(tiny_gguf), dry_run=False, arm="rtde", robot_ip=sim, threads=1,
+    cfg = PolicyNodeConfig(policy_gguf=str(tiny_gguf), instruction=INSTRUCTION, dry_run=False, arm="rtde", robot_ip=sim, threads=1,
                            execution_horizon=3, joint_timeout_s=0.1, diagnostics_period_s=0.5, rtde_watchdog_hz=RTDE_WATCHDOG_HZ)
     arm = RecordingArm(RtdeArm(RtdeArmConfig(robot_ip=sim, ur_type=C.UR_TYPE_UR3, watchdog_min_frequency_hz=RTDE_WATCHDOG_HZ)))
     node = make_node("policy_fault_test", backend="dds", argv=[], domain_id=DOMAIN)

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from test_policy_node_support import PYTHON, ROOT, START_Q, export_tiny_policy, subprocess_env
+from test_policy_node_support import JOINTS7, PYTHON, ROOT, START_Q, export_tiny_policy, subprocess_env
 
 from actquant_ros.transport.loopback import use_loopback_config
 
@@ -29,11 +29,11 @@ from actquant_ros import convert as V  # noqa: E402
 from actquant_ros import msgs as M  # noqa: E402
 from actquant_ros.policy_node import PolicyNodeConfig  # noqa: E402
 from actquant_ros.transport import QOS_DEFAULT, QOS_SENSOR_DATA, ParameterError, make_node  # noqa: E402
+from actquant_ros.transport.params import load_params_file  # noqa: E402
 
 DOMAIN = 150 + os.getpid() % 50
 NODE_TIMEOUT_S = 30.0
 MIN_CHUNKS = 3
-JOINTS7 = list(C.UR_JOINT_NAMES) + [C.SIM_GRIPPER_JOINT_NAME]
 # The tiny policy's norm stats put every joint target within SPREAD * (1 + 2 * |y|) of START_Q, with
 # |y| <= ~6 for its random weights; a chunk outside this box means the node mangled the actions.
 ACTION_BOX_RAD = 2.0
@@ -55,6 +55,7 @@ def test_every_parameter_is_described():
     ({"execution_horizon": 0}, "execution_horizon=0"),
     ({"policy_gguf": ""}, "policy_gguf=''"),
     ({"gripper_joint": "elbow_joint"}, "gripper_joint"),
+    ({"require_instruction": "yes"}, "require_instruction='yes' is invalid: must be a bool"),
 ])
 def test_config_rejects_bad_values(kw, needle):
     base = {"policy_gguf": "p.gguf"} | kw
@@ -85,6 +86,7 @@ def test_params_files_and_ros_args():
     assert cfg.policy_gguf == "/x/p.gguf" and cfg.execution_horizon == 3
     assert cfg.camera_slots == ("base_0_rgb", "left_wrist_0_rgb") and cfg.dry_run is True
     assert cfg.max_step_rad == pytest.approx(0.01)
+    assert cfg.require_instruction is True and cfg.instruction == ""
     node = make_node(C.POLICY_NODE_NAME, backend="dds", argv=["--ros-args", "-p", "policy_gguf:=p", "-p", "qd_max:=9.0"],
                      domain_id=DOMAIN)
     try:
@@ -92,6 +94,17 @@ def test_params_files_and_ros_args():
             PolicyNodeConfig.from_node(node)
     finally:
         node.shutdown()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_params_files_name_only_node_parameters(path):
+    """Every policy_node key of config/*.yaml is a PolicyNodeConfig field (a typo would be ignored silently)."""
+    keys = set(load_params_file(path, C.POLICY_NODE_NAME))
+    assert keys, f"{path.name} sets no policy_node parameter"
+    unknown = keys - set(PolicyNodeConfig.describe())
+    assert not unknown, f"{path.name}: {sorted(unknown)} are not policy_node parameters"
+    if path.name.startswith("policy_"):
+        assert load_params_file(path, C.POLICY_NODE_NAME)["require_instruction"] is True
 
 
 # -- the node over DDS ------------------------------------------------------------------------------------
@@ -156,6 +169,7 @@ def test_node_subprocess_chunks_and_diagnostics(tiny_gguf, tmp_path):
     out = log_path.read_text(errors="replace")
     assert rc == 0, out[-3000:]
     assert spin_alive
+    assert out.count("policy calls start") == 1, out[-3000:]  # started empty: waited for the first /instruction
     assert len(chunks) >= MIN_CHUNKS, f"got {len(chunks)} chunks\n{out[-3000:]}"
     for _, msg in chunks:
         actions, tfs, names = V.trajectory_to_chunk(msg)

@@ -8,13 +8,12 @@ cameras and joint states.  The dry-run arm records every command and every stop 
 from __future__ import annotations
 
 import os
-import threading
 import time
 from contextlib import contextmanager
 
 import numpy as np
 
-from test_policy_node_support import START_Q, StubRuntime
+from test_policy_node_support import START_Q, Feeder, StubRuntime, wait_for
 
 from actquant_ros.transport.loopback import use_loopback_config
 
@@ -23,61 +22,23 @@ use_loopback_config()
 from actquant_core import constants as C  # noqa: E402
 from actquant_core.robot import DryRunArm, DryRunConfig  # noqa: E402
 from actquant_core.runtime.recording import FaultyRuntime, RecordingRuntime, load_recording  # noqa: E402
-from actquant_ros import convert as V  # noqa: E402
-from actquant_ros import msgs as M  # noqa: E402
 from actquant_ros.policy_node import PolicyNode, PolicyNodeConfig  # noqa: E402
-from actquant_ros.transport import QOS_DEFAULT, QOS_SENSOR_DATA, make_node  # noqa: E402
+from actquant_ros.transport import make_node  # noqa: E402
 
 DOMAIN = 200 + os.getpid() % 30
 RATE_HZ = 125.0
 PERIOD_S = 1.0 / RATE_HZ
-WAIT_S = 10.0
 MIN_COMMANDS = 40  # commands before a fault is injected (~0.3 s of motion)
 CAMERA_TIMEOUT_S = 0.3
 WATCHDOG_S = 0.4
-JOINTS7 = list(C.UR_JOINT_NAMES) + [C.SIM_GRIPPER_JOINT_NAME]
-
-
-def _wait(pred, timeout_s=WAIT_S, what=""):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
-class Feeder:
-    """Publishes both cameras and the joint states at ~30 Hz until told to stop (per stream)."""
-
-    def __init__(self, node) -> None:
-        self.images_on = threading.Event()
-        self.images_on.set()
-        self._stop = threading.Event()
-        self._pubs = [node.create_publisher(M.Image, t, QOS_SENSOR_DATA) for t in (C.TOPIC_CAMERA_BASE, C.TOPIC_CAMERA_WRIST)]
-        self._js = node.create_publisher(M.JointState, C.TOPIC_JOINT_STATES, QOS_DEFAULT)
-        self._img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        q = np.array(START_Q + (0.5,))
-        while not self._stop.is_set():
-            if self.images_on.is_set():
-                for p in self._pubs:
-                    p.publish(V.numpy_to_image(self._img))
-            self._js.publish(V.numpy_to_joint_state(JOINTS7, q))
-            self._stop.wait(0.033)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2.0)
+INSTRUCTION = "put the red cube in the bowl"
 
 
 @contextmanager
 def running_node(runtime, **overrides):
-    cfg = PolicyNodeConfig(policy_gguf="stub", policy_rate_hz=10.0, execution_horizon=4, camera_timeout_s=CAMERA_TIMEOUT_S,
-                           watchdog_timeout_s=WATCHDOG_S, initial_latency_s=0.05, diagnostics_period_s=0.2, **overrides)
+    cfg = PolicyNodeConfig(**(dict(policy_gguf="stub", instruction=INSTRUCTION, policy_rate_hz=10.0, execution_horizon=4,
+                                   camera_timeout_s=CAMERA_TIMEOUT_S, watchdog_timeout_s=WATCHDOG_S, initial_latency_s=0.05,
+                                   diagnostics_period_s=0.2) | overrides))
     arm = DryRunArm(DryRunConfig(control_rate_hz=RATE_HZ, initial_q=START_Q))
     node = make_node("policy_under_test", backend="dds", argv=[], domain_id=DOMAIN)
     feeder_node = make_node("feeder", backend="dds", argv=[], domain_id=DOMAIN)
@@ -88,7 +49,7 @@ def running_node(runtime, **overrides):
         node.spin_in_thread()
         feeder = Feeder(feeder_node)
         pn.activate()
-        _wait(lambda: arm.n_sent >= MIN_COMMANDS, what=f"{MIN_COMMANDS} servo commands")
+        wait_for(lambda: arm.n_sent >= MIN_COMMANDS, what=f"{MIN_COMMANDS} servo commands")
         yield pn, arm, feeder
     finally:
         if feeder is not None:
@@ -109,7 +70,7 @@ def _assert_stopped_after(arm: DryRunArm, t_fault: float) -> None:
 def test_nominal_motion_and_clean_stop(tmp_path):
     rec = RecordingRuntime(StubRuntime())
     with running_node(rec, record_path=str(tmp_path / "calls.npz")) as (pn, arm, _):
-        _wait(lambda: pn.stats.chunks_accepted >= 3, what="3 accepted chunks")
+        wait_for(lambda: pn.stats.chunks_accepted >= 3, what="3 accepted chunks")
         assert pn.loop.fault is None
         q = np.array([r.cmd.q for r in arm.commands])
         assert np.ptp(q, axis=0).max() > 1e-3  # the arm moved
@@ -128,7 +89,7 @@ def test_nominal_motion_and_clean_stop(tmp_path):
 def test_nan_action_latches_fault():
     faulty = FaultyRuntime(StubRuntime(), "nan", start=3)
     with running_node(faulty) as (pn, arm, _):
-        _wait(lambda: pn.loop.fault is not None, what="a fault")
+        wait_for(lambda: pn.loop.fault is not None, what="a fault")
         fault = pn.loop.fault
         time.sleep(0.2)  # keep running: nothing may be sent
         assert fault.reason == C.SAFETY_NONFINITE
@@ -140,7 +101,7 @@ def test_nan_action_latches_fault():
 def test_runtime_error_holds_arm():
     faulty = FaultyRuntime(StubRuntime(), "raise", start=3)
     with running_node(faulty) as (pn, arm, _):
-        _wait(lambda: pn.stats.runtime_errors >= 1, what="a runtime error")
+        wait_for(lambda: pn.stats.runtime_errors >= 1, what="a runtime error")
         t_err = faulty.injected[0]
         time.sleep(0.2)
         _assert_stopped_after(arm, t_err)
@@ -151,7 +112,7 @@ def test_camera_drop_stops_within_one_period():
     with running_node(StubRuntime()) as (pn, arm, feeder):
         feeder.images_on.clear()
         t_drop = time.monotonic()
-        _wait(lambda: pn.loop.fault is not None, timeout_s=3.0, what="camera stale fault")
+        wait_for(lambda: pn.loop.fault is not None, timeout_s=3.0, what="camera stale fault")
         fault = pn.loop.fault
         time.sleep(0.1)
         assert fault.reason == C.SAFETY_CAMERA_STALE
@@ -162,12 +123,12 @@ def test_camera_drop_stops_within_one_period():
 def test_inference_overrun_trips_watchdog():
     faulty = FaultyRuntime(StubRuntime(), "delay", start=3, delay_s=3 * WATCHDOG_S)
     with running_node(faulty) as (pn, arm, _):
-        _wait(lambda: pn.loop.fault is not None, timeout_s=5.0, what="watchdog fault")
+        wait_for(lambda: pn.loop.fault is not None, timeout_s=5.0, what="watchdog fault")
         fault = pn.loop.fault
         assert fault.reason == C.SAFETY_WATCHDOG
         _assert_stopped_after(arm, fault.time)
         # the late chunk (arriving after the fault) must not restart motion
-        _wait(lambda: len(faulty.injected) >= 1, timeout_s=5.0, what="the late chunk")
+        wait_for(lambda: len(faulty.injected) >= 1, timeout_s=5.0, what="the late chunk")
         time.sleep(0.1)
         _assert_stopped_after(arm, fault.time)
 
@@ -175,8 +136,8 @@ def test_inference_overrun_trips_watchdog():
 def test_resume_after_fault_restarts_motion():
     faulty = FaultyRuntime(StubRuntime(), "nan", when=lambda i: i == 3)
     with running_node(faulty) as (pn, arm, _):
-        _wait(lambda: pn.loop.fault is not None, what="a fault")
+        wait_for(lambda: pn.loop.fault is not None, what="a fault")
         n_before = arm.n_sent
         pn.resume()
-        _wait(lambda: arm.n_sent > n_before + 20, what="motion after resume")
+        wait_for(lambda: arm.n_sent > n_before + 20, what="motion after resume")
         assert pn.loop.fault is None

@@ -4,23 +4,31 @@
 the network's outputs to joint targets within ``spread`` rad of ``center_q`` (so a random policy makes
 small, safe motions around the simulator's start pose).  ``StubRuntime``: a numpy runtime with the same
 interface (``infer``, ``config.camera_slots``) for fast fault tests.  ``subprocess_env``: the environment
-of a node subprocess (loopback DDS, own domain, repository on PYTHONPATH).
+of a node subprocess (loopback DDS, own domain, repository on PYTHONPATH).  ``Feeder``: publishes both
+cameras and the joint states of the dry-run tests; ``wait_for``: poll a predicate with a deadline.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
 from actquant_core import constants as C
 from actquant_core.runtime.types import ActionChunk, Observation
+from actquant_ros import convert as V
+from actquant_ros import msgs as M
+from actquant_ros.transport import QOS_DEFAULT, QOS_SENSOR_DATA
 from actquant_ros.transport.loopback import use_loopback_config
 
 ROOT = Path(__file__).resolve().parents[2]
 START_Q = (0.0, -1.5708, 1.5708, -1.5708, -1.5708, 0.0)  # the simulator's default initial pose
+JOINTS7 = list(C.UR_JOINT_NAMES) + [C.SIM_GRIPPER_JOINT_NAME]
+WAIT_S = 10.0
 
 
 def export_tiny_policy(path: Path, center_q=START_Q, spread: float = 0.15, seed: int = 0) -> Path:
@@ -80,3 +88,45 @@ def subprocess_env(domain: int) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def wait_for(pred, timeout_s: float = WAIT_S, what: str = "") -> None:
+    """Poll ``pred`` every 5 ms; AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+class Feeder:
+    """Publishes both cameras ([32, 32, 3] uint8) and the joint states (START_Q + gripper 0.5) at ~30 Hz.
+
+    ``images_on`` (set at start) gates the camera stream; ``frames`` counts the published camera rounds.
+    """
+
+    def __init__(self, node) -> None:
+        self.images_on = threading.Event()
+        self.images_on.set()
+        self.frames = 0
+        self._stop = threading.Event()
+        self._pubs = [node.create_publisher(M.Image, t, QOS_SENSOR_DATA) for t in (C.TOPIC_CAMERA_BASE, C.TOPIC_CAMERA_WRIST)]
+        self._js = node.create_publisher(M.JointState, C.TOPIC_JOINT_STATES, QOS_DEFAULT)
+        self._img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        q = np.array(START_Q + (0.5,))
+        while not self._stop.is_set():
+            if self.images_on.is_set():
+                for p in self._pubs:
+                    p.publish(V.numpy_to_image(self._img))
+                self.frames += 1
+            self._js.publish(V.numpy_to_joint_state(JOINTS7, q))
+            self._stop.wait(0.033)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2.0)
