@@ -65,6 +65,11 @@ VARIANTS = (
     ("actquant/hsic_out_y", "actquant", {"score": "hsic_out_y"}),
     ("actquant/all", "actquant", {"scope": "all"}),
     ("actquant/all+floor", "actquant", {"scope": "all", "score_floor": 0.5}),
+    ("actquant+measured", "actquant", {"noise": "measured"}),
+    ("actquant+measured+floor", "actquant", {"noise": "measured", "score_floor": 0.5}),
+    ("actquant/all+measured+floor", "actquant", {"scope": "all", "noise": "measured", "score_floor": 0.5}),
+    ("actquant+floor+refine", "actquant", {"score_floor": 0.5, "refine": True}),
+    ("actquant+measured+floor+refine", "actquant", {"noise": "measured", "score_floor": 0.5, "refine": True}),
 )
 
 
@@ -107,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     from actquant_core.quant.gptq import GptqConfig
     from actquant_core.quant.importance import weighted_error_fn
     from actquant_core.quant.pipeline import (
-        PipelineConfig, apply_plan, build_plan, compare_actions, export_reference, load_policy, runtime_actions)
+        PipelineConfig, apply_plan, build_plan, compare_actions, export_reference, load_policy, measured_noise_fn,
+        runtime_actions)
     from actquant_core import constants as C
     from actquant_core import native
 
@@ -160,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     n_threads = args.threads
     error_fn = weighted_error_fn(weights, cal.activation_importance,
                                  lambda W, t, imp: native.quantize(W, t, imp, n_threads=n_threads), native.dequantize)
+    noise_fn = measured_noise_fn(weights, fisher, n_threads)  # cached (tensor, type) errors shared by the budgets
 
     ref = export_reference(adapter, args.work / "reference-f32.gguf")
     A_ref, pre = runtime_actions(ref, eval_frames, seed=args.seed, n_threads=n_threads)
@@ -173,10 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             pc = PipelineConfig(method=method, bpw=bpw, report=False, n_threads=n_threads, calib=calib_cfg, gptq=gptq_cfg,
                                 **overrides)
             row = {"variant": label, "method": method, "scope": pc.scope, "inactive": pc.inactive, "score": pc.score,
-                   "score_floor": pc.score_floor, "bpw": bpw}
+                   "score_floor": pc.score_floor, "noise": pc.noise, "refine": pc.refine, "bpw": bpw}
             t0 = time.perf_counter()
             try:
-                plan = build_plan(adapter, pc, cal, weights, n_threads, error_fn=error_fn if method == "generic" else None)
+                plan = build_plan(adapter, pc, cal, weights, n_threads, error_fn=error_fn if method == "generic" else None,
+                                  noise_fn=noise_fn if pc.noise == "measured" else None)
             except ValueError as e:
                 row.update(status=str(e))
                 rows.append(row)

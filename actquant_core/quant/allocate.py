@@ -21,6 +21,12 @@ Two solvers are run and the better objective is kept (both are reported):
   *up* to a coarser unit (feasible, near-optimal, ``exact_optimal=False``) and the slack left over is
   then spent by the greedy queue (never increases J).
 
+Noise model (beyond the paper, ``noise_fn``): instead of the idealised ``2^(-2 b_T)``, each candidate
+type's noise can be *measured* for each tensor -- e.g. its relative Fisher-weighted quantization error
+(``actquant_core.quant.pipeline``, ``PipelineConfig.noise="measured"``).  The idealised model ranks
+IQ1_S/IQ2 types by their bit count only; measured errors show how much worse the sub-2-bit grids are on a
+given tensor.  Both solvers work unchanged on any non-negative noise table.
+
 Eligibility is a table with reasons (llama.cpp ``llama-quant.cpp`` habit): norms and biases stay F32,
 the token embedding Q8_0, "keep" tensors F16; a linear tensor whose row length is not a multiple of 256
 falls back to the 32-block menu (Q4_0/Q5_0/Q8_0), or to F16 when even that does not fit -- logged and
@@ -281,7 +287,7 @@ class _Problem:
         self.numel = np.array([tensors[i].numel for i in self.idx], dtype=np.int64)
         self.bytes = [np.array([tensor_nbytes(t, tensors[i].shape) for t in c], dtype=np.int64)
                       for i, c in zip(self.idx, self.cands)]
-        # noise 2^(-2b) per option
+        # noise 2^(-2b) per option (paper); measure_noise() replaces it
         self.noise = [np.array([2.0 ** (-2.0 * _bits(t, config.bits)) for t in c]) for c in self.cands]
         layer_keys: dict[str, int] = {}
         self.layer = []
@@ -293,6 +299,13 @@ class _Problem:
         self.members = [[k for k, l in enumerate(self.layer) if l == L] for L in range(len(layer_keys))]
         self.total_numel = int(self.numel.sum())
         self.budget_bytes = int(math.floor(config.budget_bpw * self.total_numel / 8.0 + 1e-9))
+
+    def measure_noise(self, tensors: Sequence[TensorSpec], noise_fn: Callable[[TensorSpec, str], float]) -> None:
+        """Noise of every option from ``noise_fn(spec, type)`` instead of ``2^(-2b)``."""
+        self.noise = [np.array([float(noise_fn(tensors[i], t)) for t in c]) for i, c in zip(self.idx, self.cands)]
+        for i, n in zip(self.idx, self.noise):
+            if not (np.isfinite(n).all() and (n >= 0).all()):
+                raise ValueError(f"noise_fn gave {n.tolist()} for {tensors[i].name}; expected finite values >= 0")
 
     def cost(self, choice: Sequence[int]) -> int:
         return int(sum(b[c] for b, c in zip(self.bytes, choice)))
@@ -445,8 +458,11 @@ def _exact(p: _Problem, max_states: int) -> tuple[list[int], bool]:
     return choice, optimal
 
 
-def allocate(tensors: Sequence[TensorSpec], config: AllocConfig) -> Allocation:
+def allocate(tensors: Sequence[TensorSpec], config: AllocConfig,
+             noise_fn: Callable[[TensorSpec, str], float] | None = None) -> Allocation:
     """Assign a GGML type to every tensor under ``config.budget_bpw`` (see module docstring).
+
+    ``noise_fn(spec, type) -> noise >= 0`` replaces the ``2^(-2 b)`` noise model (None = paper).
 
     Raises ``ValueError`` on duplicate names, no allocatable tensor, or a budget below the cheapest
     feasible assignment (the message gives that minimum in bpw).
@@ -465,6 +481,8 @@ def allocate(tensors: Sequence[TensorSpec], config: AllocConfig) -> Allocation:
             f"budget {config.budget_bpw:.4f} bpw is below the cheapest feasible assignment "
             f"({8.0 * cheapest / p.total_numel:.4f} bpw over {p.total_numel} allocated parameters)"
         )
+    if noise_fn is not None:
+        p.measure_noise(tensors, noise_fn)
     start = [0] * len(p.names)
     if config.base_type is not None:
         base = [list(c).index(config.base_type) if config.base_type in c else 0 for c in p.cands]

@@ -66,6 +66,7 @@ __all__ = [
     "load_policy",
     "uniform_type_for",
     "build_plan",
+    "measured_noise_fn",
     "quantize_policy",
     "write_quantized_gguf",
     "apply_plan",
@@ -119,6 +120,11 @@ class PipelineConfig:
         score_floor: scores are raised to at least ``score_floor * mean(positive scores)`` (0 = paper):
             a tensor whose clipped sensitivity is 0 otherwise lands on the cheapest type whatever its
             quantization error.
+        noise: noise model of the HSIC allocator (method actquant only): "bits" (paper,
+            ``2^(-2 b)``) or "measured": each candidate type's relative Fisher-weighted quantization error
+            on that tensor, ``sum F (W - Q_t(W))^2 / sum F W^2``, measured by quantizing it with every menu
+            type (GGML codecs, Fisher importance; needs the Fisher, costs one quantization per tensor and
+            menu type).
         refine_config: refinement settings.
         gptq: :class:`~.gptq.GptqConfig` of method ``gptq`` (damping, Gram column limit, solve device).
         calib_frames: frames sampled from the calibration source (seeded reservoir).
@@ -142,6 +148,7 @@ class PipelineConfig:
     inactive: str = "allocate"
     score: str = "hsic"
     score_floor: float = 0.0
+    noise: str = "bits"
     refine_config: RefineConfig = field(default_factory=RefineConfig)
     gptq: GptqConfig = field(default_factory=GptqConfig)
     calib_frames: int = 256
@@ -169,6 +176,10 @@ class PipelineConfig:
             raise ValueError(f"PipelineConfig.score={self.score!r}; expected 'hsic' or 'hsic_out_y'")
         if not (math.isfinite(self.score_floor) and self.score_floor >= 0):
             raise ValueError(f"PipelineConfig.score_floor must be finite and >= 0, got {self.score_floor}")
+        if self.noise not in ("bits", "measured"):
+            raise ValueError(f"PipelineConfig.noise={self.noise!r}; expected 'bits' or 'measured'")
+        if self.noise == "measured" and self.method != "actquant":
+            raise ValueError(f"PipelineConfig.noise='measured' is a setting of method 'actquant', not {self.method!r}")
         if self.inactive not in ("allocate", "cheapest"):
             raise ValueError(f"PipelineConfig.inactive={self.inactive!r}; expected 'allocate' or 'cheapest'")
         if self.calib_frames < 1:
@@ -419,14 +430,35 @@ def _scores(calibration: CalibrationResult | None, cfg: PipelineConfig) -> dict[
     return scores
 
 
-def _actquant_part(adapter: PolicyAdapter, specs: list[TensorSpec], ac: AllocConfig, inactive: str) -> QuantPlan:
+def measured_noise_fn(weights: Mapping[str, np.ndarray], fisher: Mapping[str, np.ndarray],
+                      n_threads: int | None = None) -> Any:
+    """``noise(spec, type)`` = relative Fisher-weighted error of quantizing the tensor to ``type``
+    (``sum F (W - deq(q_t(W)))^2 / sum F W^2``; cached per (tensor, type), reuse it across budgets)."""
+    from actquant_core import native
+
+    err = weighted_error_fn(weights, fisher, lambda W, t, imp: native.quantize(W, t, imp, n_threads=n_threads),
+                            native.dequantize)
+    norms: dict[str, float] = {}
+
+    def noise(spec: TensorSpec, t: str) -> float:
+        if spec.name not in norms:
+            W = np.asarray(weights[spec.name], np.float64)
+            F = fisher.get(spec.name)
+            norms[spec.name] = float(((F if F is not None else 1.0) * W * W).sum()) or 1.0
+        return err(spec, t) / norms[spec.name]
+
+    return noise
+
+
+def _actquant_part(adapter: PolicyAdapter, specs: list[TensorSpec], ac: AllocConfig, inactive: str,
+                   noise_fn: Any | None = None) -> QuantPlan:
     """HSIC allocation (+ the "cheapest" rule for inactive tensors, see :class:`PipelineConfig`)."""
     from .allocate import eligibility_table
     from .types import tensor_nbytes
 
     dead = [s for s in specs if s.name in adapter.inactive_tensors()] if inactive == "cheapest" else []
     if not dead:
-        alloc = allocate(specs, ac)
+        alloc = allocate(specs, ac, noise_fn)
         return QuantPlan.from_allocation("actquant", specs, alloc, importance="fisher")
     live = [s for s in specs if s not in dead]
     rows = {r.name: r for r in eligibility_table(dead, ac)}
@@ -435,7 +467,7 @@ def _actquant_part(adapter: PolicyAdapter, specs: list[TensorSpec], ac: AllocCon
     budget_bytes = math.floor(ac.budget_bpw * n_all / 8.0 + 1e-9)
     dead_bytes = sum(tensor_nbytes(dead_types[s.name], s.shape) for s in dead)
     live_budget = 8.0 * (budget_bytes - dead_bytes) / sum(s.numel for s in live)
-    alloc = allocate(live, replace(ac, budget_bpw=live_budget))
+    alloc = allocate(live, replace(ac, budget_bpw=live_budget), noise_fn)
     types = {**alloc.types, **dead_types}
     reasons = {**alloc.reasons, **{n: f"no action depends on it: cheapest eligible type {t}" for n, t in dead_types.items()}}
     log.info("inactive tensors %s -> cheapest types; live budget %.4f bpw", sorted(dead_types), live_budget)
@@ -453,11 +485,13 @@ def build_plan(
     weights: Mapping[str, np.ndarray] | None = None,
     n_threads: int | None = None,
     error_fn: Any | None = None,
+    noise_fn: Any | None = None,
 ) -> QuantPlan:
     """The method's plan over every canonical tensor of the adapter's model.
 
     ``error_fn(spec, type) -> float`` overrides the generic allocator's weighted-error function (reuse
-    one :func:`.importance.weighted_error_fn` across budgets: it caches every (tensor, type) error).
+    one :func:`.importance.weighted_error_fn` across budgets: it caches every (tensor, type) error);
+    ``noise_fn`` likewise the measured noise of ``cfg.noise == "measured"`` (:func:`measured_noise_fn`).
 
     Raises ``ValueError`` when the budget is below the cheapest type / assignment, or when the method's
     statistics are missing from ``calibration``.
@@ -472,8 +506,15 @@ def build_plan(
         raise ValueError(f"scope {cfg.scope!r} leaves no tensor to allocate")
     ac = AllocConfig(budget_bpw=float(cfg.bpw), menu=cfg.menu, solver=cfg.solver)
     m = cfg.method
+    if cfg.noise == "measured" and noise_fn is None:
+        if calibration is None or calibration.fisher is None:
+            raise ValueError("noise 'measured' needs the Fisher; calibration has none")
+        w = weights if weights is not None else adapter.canonical_weights()
+        noise_fn = measured_noise_fn({s.name: w[s.name] for s in specs}, calibration.fisher, n_threads)
+    if cfg.noise != "measured":
+        noise_fn = None
     if m == "actquant":
-        part = _actquant_part(adapter, specs, ac, cfg.inactive)
+        part = _actquant_part(adapter, specs, ac, cfg.inactive, noise_fn)
     elif m == "hsic-only":
         part = plan_hsic_only(specs, ac)
     elif m == "rtn":
@@ -501,7 +542,7 @@ def build_plan(
     allocated = {e.name: e for e in part.entries}
     entries = tuple(allocated[i.name] if i.name in allocated else fixed[i.name] for i in table)
     meta = dict(part.meta)
-    meta.update(score=cfg.score, score_floor=cfg.score_floor, scope=cfg.scope, vision_type=cfg.vision_type or _default_vision_type(cfg.bpw), family=adapter.family,
+    meta.update(score=cfg.score, score_floor=cfg.score_floor, noise=cfg.noise, scope=cfg.scope, vision_type=cfg.vision_type or _default_vision_type(cfg.bpw), family=adapter.family,
                 menu=list(cfg.menu))
     return QuantPlan(method=m, entries=entries, budget_bpw=float(cfg.bpw), objectives=dict(part.objectives), meta=meta)
 

@@ -34,7 +34,8 @@ def _instance(seed: int, n: int = 6, layers: int = 3):
             for i in range(n)]
 
 
-def _brute(tensors, menu, budget_bpw):
+def _brute(tensors, menu, budget_bpw, noise=None):
+    noise = noise or (lambda T, t: 2.0 ** (-2 * nominal_bpw(t)))
     n_tot = sum(T.numel for T in tensors)
     budget_bytes = math.floor(budget_bpw * n_tot / 8 + 1e-9)
     best = (math.inf, None)
@@ -44,7 +45,7 @@ def _brute(tensors, menu, budget_bpw):
             continue
         S = {}
         for t, T in zip(combo, tensors):
-            S[T.layer] = S.get(T.layer, 0.0) + T.score * 2.0 ** (-2 * nominal_bpw(t))
+            S[T.layer] = S.get(T.layer, 0.0) + T.score * noise(T, t)
         J = sum(v * v for v in S.values())
         if J < best[0]:
             best = (J, combo)
@@ -67,6 +68,32 @@ def test_exact_is_optimal_and_greedy_not_better(seed):
     n_tot = sum(T.numel for T in tensors)
     bytes_ = sum(tensor_nbytes(a.types[T.name], T.shape) for T in tensors)
     assert a.bpw_backbone == pytest.approx(8 * bytes_ / n_tot, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_measured_noise_is_solved_exactly(seed):
+    """With a measured noise table (not monotone in bits, as real errors of IQ2 vs Q2_K can be) the exact
+    solver still finds the brute-force optimum and the greedy queue is never better."""
+    tensors = _instance(seed)
+    rng = np.random.default_rng(200 + seed)
+    table = {(T.name, t): float(rng.uniform(0.2, 1.0)) * 2.0 ** (-2 * nominal_bpw(t)) * (3.0 if t == "Q2_K" else 1.0)
+             for T in tensors for t in MENU4}
+    noise = lambda T, t: table[(T.name, t)]  # noqa: E731
+    budget = float(rng.uniform(2.4, 4.0))
+    J_opt, _ = _brute(tensors, MENU4, budget, noise)
+    a = allocate(tensors, AllocConfig(budget_bpw=budget, menu=MENU4), noise_fn=noise)
+    assert a.exact_optimal
+    assert a.exact_objective == pytest.approx(J_opt, rel=REL_TOL)
+    assert a.greedy_objective >= a.exact_objective * (1 - REL_TOL)
+    assert a.bpw_backbone <= budget + 1e-12
+    # the paper-model allocation, scored on the measured table, is never better than the measured optimum
+    paper = allocate(tensors, AllocConfig(budget_bpw=budget, menu=MENU4))
+    S: dict = {}
+    for T in tensors:
+        S[T.layer] = S.get(T.layer, 0.0) + T.score * noise(T, paper.types[T.name])
+    assert sum(v * v for v in S.values()) >= a.objective * (1 - REL_TOL)
+    with pytest.raises(ValueError, match="noise_fn gave"):
+        allocate(tensors, AllocConfig(budget_bpw=budget, menu=MENU4), noise_fn=lambda T, t: float("nan"))
 
 
 def test_coarse_dp_is_feasible_and_no_worse_than_rounded_bound():
