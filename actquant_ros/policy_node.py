@@ -109,6 +109,7 @@ class PolicyNodeConfig:
     # -- policy -----------------------------------------------------------------------------------
     policy_gguf: str = field(default="", metadata=_p("policy GGUF file (required)", lambda v: isinstance(v, str) and v != "", "non-empty path"))
     threads: int = field(default=0, metadata=_p("CPU threads of the native runtime (0 = all CPUs of the process)", lambda v: isinstance(v, int) and v >= 0, ">= 0"))
+    cpu_repack: bool = field(default=True, metadata=_p("CPU runtime: convert the weights GGML has interleaved GEMM kernels for (Q4_K/Q4_0/IQ4_NL on AVX2) at load: faster batched matmuls for a copy of those weights in RAM (false: run from the mapped file)", lambda v: isinstance(v, bool), "a bool"))
     device: str = field(default="cpu", metadata=_p("runtime device: cpu | cuda | cuda:N", lambda v: v == "cpu" or v == "cuda" or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit()), "cpu, cuda or cuda:N"))
     seed: int = field(default=0, metadata=_p("seed of the policy's flow-matching noise", lambda v: isinstance(v, int) and v >= 0, ">= 0"))
     # -- topics -----------------------------------------------------------------------------------
@@ -326,7 +327,7 @@ class PolicyNode:
             if self.runtime is None:
                 from actquant_core.runtime import load_runtime
 
-                kw: dict[str, Any] = {"seed": cfg.seed, "device": cfg.device}
+                kw: dict[str, Any] = {"seed": cfg.seed, "device": cfg.device, "repack": cfg.cpu_repack}
                 if cfg.threads:
                     kw["n_threads"] = cfg.threads
                 self.runtime = load_runtime(cfg.policy_gguf, **kw)

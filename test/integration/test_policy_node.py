@@ -113,6 +113,23 @@ def tiny_gguf(tmp_path_factory):
     return export_tiny_policy(tmp_path_factory.mktemp("policy") / "tiny.gguf")
 
 
+@pytest.mark.parametrize("repack", [True, False])
+def test_cpu_repack_parameter_reaches_the_runtime(tiny_gguf, repack):
+    """cpu_repack picks the native backend's weight placement (repacked copy vs the mapped file)."""
+    from actquant_core import native
+    from actquant_ros.policy_node import PolicyNode
+
+    node = make_node(C.POLICY_NODE_NAME, backend="dds", argv=[], domain_id=DOMAIN)
+    pn = PolicyNode(node, PolicyNodeConfig(policy_gguf=str(tiny_gguf), threads=1, cpu_repack=repack, instruction="go"))
+    try:
+        pn.configure()
+        available = native.Backend(1).repack  # this CPU/build has GGML's repack buffer type
+        assert ("repack" in pn.runtime.backend) == (repack and available), pn.runtime.backend
+    finally:
+        pn.shutdown()
+        node.shutdown()
+
+
 def test_node_subprocess_chunks_and_diagnostics(tiny_gguf, tmp_path):
     cmd = [PYTHON, "-m", "actquant_ros.policy_node", "--ros-args",
            "-p", f"policy_gguf:={tiny_gguf}", "-p", "threads:=1", "-p", "execution_horizon:=3",
