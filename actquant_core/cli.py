@@ -136,6 +136,9 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise", choices=("bits", "measured"), default="bits",
                    help="allocator noise model (actquant): 2^(-2b) per type (paper) or each type's measured relative "
                         "Fisher-weighted error on each tensor (one quantization per tensor and menu type)")
+    p.add_argument("--compensate", choices=("none", "gptq"), default="none",
+                   help="quantizer of actquant's allocated tensors: GGML's with Fisher importance (paper) or GPTQ error "
+                        "compensation at each tensor's allocated type")
     p.add_argument("--batch-size", type=int, default=8, help="calibration forward batch (default 8)")
     p.add_argument("--fisher-batches", type=int, default=None, help="cap on Fisher batches of 8 frames (default: all frames)")
     p.add_argument("--targets", choices=("data", "policy"), default="data",
@@ -173,7 +176,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                                         device=args.device))
     cfg = PipelineConfig(method=args.method, bpw=args.bpw, scope=args.scope, menu=menu, vision_type=args.vision_type,
                          solver=args.solver, refine=args.refine, inactive=args.inactive, score=args.score,
-                         score_floor=args.score_floor, noise=args.noise, calib_frames=args.calib_frames,
+                         score_floor=args.score_floor, noise=args.noise, compensate=args.compensate, calib_frames=args.calib_frames,
                          split=args.split, holdout_every=args.holdout_every, seed=args.seed, calib=calib,
                          n_threads=args.threads, report=not args.no_report,
                          gptq=GptqConfig(percdamp=args.gptq_damp, max_cols=args.gptq_max_cols,

@@ -69,6 +69,8 @@ VARIANTS = (
     ("actquant+measured+floor", "actquant", {"noise": "measured", "score_floor": 0.5}),
     ("actquant/all+measured+floor", "actquant", {"scope": "all", "noise": "measured", "score_floor": 0.5}),
     ("actquant+floor+refine", "actquant", {"score_floor": 0.5, "refine": True}),
+    ("actquant+floor+gptq", "actquant", {"score_floor": 0.5, "compensate": "gptq"}),
+    ("actquant+gptq", "actquant", {"compensate": "gptq"}),
     ("actquant+measured+floor+refine", "actquant", {"noise": "measured", "score_floor": 0.5, "refine": True}),
 )
 
@@ -153,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     shapes = {t.name: t.shape for t in adapter.tensor_table()}
     gptq_cfg = GptqConfig(device=args.device if str(args.device).startswith("cuda") else "cpu")
     gram_all = ([n for n in specs_all if shapes[n][-1] <= gptq_cfg.max_cols]
-                if any(v[1] == "gptq" and v[0] in set(args.variants.split(",")) for v in VARIANTS) else [])
+                if any((v[1] == "gptq" or v[2].get("compensate") == "gptq") and v[0] in set(args.variants.split(","))
+                       for v in VARIANTS) else [])
     t0 = time.perf_counter()
     cal = calibrate(adapter, frames, calib_cfg, hsic_targets=specs_all, importance_targets=specs_all,
                     gram_targets=gram_all, gram_max_cols=gptq_cfg.max_cols)
@@ -180,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             pc = PipelineConfig(method=method, bpw=bpw, report=False, n_threads=n_threads, calib=calib_cfg, gptq=gptq_cfg,
                                 **overrides)
             row = {"variant": label, "method": method, "scope": pc.scope, "inactive": pc.inactive, "score": pc.score,
-                   "score_floor": pc.score_floor, "noise": pc.noise, "refine": pc.refine, "bpw": bpw}
+                   "score_floor": pc.score_floor, "noise": pc.noise, "refine": pc.refine,
+                   "compensate": pc.compensate, "bpw": bpw}
             t0 = time.perf_counter()
             try:
                 plan = build_plan(adapter, pc, cal, weights, n_threads, error_fn=error_fn if method == "generic" else None,

@@ -125,6 +125,10 @@ class PipelineConfig:
             on that tensor, ``sum F (W - Q_t(W))^2 / sum F W^2``, measured by quantizing it with every menu
             type (GGML codecs, Fisher importance; needs the Fisher, costs one quantization per tensor and
             menu type).
+        compensate: quantization of the allocated tensors of method actquant: "none" (GGML's quantizer with
+            the Fisher as per-row importance, the paper's stage 2) or "gptq" (beyond the paper: GPTQ's
+            Hessian error compensation on GGML's grids at each tensor's allocated type, activation importance
+            as GGML's quant weights; tensors GPTQ cannot take fall back as in method gptq).
         refine_config: refinement settings.
         gptq: :class:`~.gptq.GptqConfig` of method ``gptq`` (damping, Gram column limit, solve device).
         calib_frames: frames sampled from the calibration source (seeded reservoir).
@@ -149,6 +153,7 @@ class PipelineConfig:
     score: str = "hsic"
     score_floor: float = 0.0
     noise: str = "bits"
+    compensate: str = "none"
     refine_config: RefineConfig = field(default_factory=RefineConfig)
     gptq: GptqConfig = field(default_factory=GptqConfig)
     calib_frames: int = 256
@@ -178,6 +183,10 @@ class PipelineConfig:
             raise ValueError(f"PipelineConfig.score_floor must be finite and >= 0, got {self.score_floor}")
         if self.noise not in ("bits", "measured"):
             raise ValueError(f"PipelineConfig.noise={self.noise!r}; expected 'bits' or 'measured'")
+        if self.compensate not in ("none", "gptq"):
+            raise ValueError(f"PipelineConfig.compensate={self.compensate!r}; expected 'none' or 'gptq'")
+        if self.compensate != "none" and self.method != "actquant":
+            raise ValueError(f"PipelineConfig.compensate={self.compensate!r} is a setting of method 'actquant', not {self.method!r}")
         if self.noise == "measured" and self.method != "actquant":
             raise ValueError(f"PipelineConfig.noise='measured' is a setting of method 'actquant', not {self.method!r}")
         if self.inactive not in ("allocate", "cheapest"):
@@ -450,6 +459,28 @@ def measured_noise_fn(weights: Mapping[str, np.ndarray], fisher: Mapping[str, np
     return noise
 
 
+def _with_gptq(part: QuantPlan, gptq_config: GptqConfig) -> QuantPlan:
+    """The allocated plan with GPTQ for every linear entry GPTQ can take at its allocated type
+    (``meta["gptq_tensors"]``, activation importance); the others keep their quantization, logged."""
+    from .gptq import gptq_eligible
+
+    entries, chosen, fallbacks = [], [], {}
+    for e in part.entries:
+        why = gptq_eligible(e.ggml_type, e.shape, gptq_config) if e.role == "linear" else "not a linear tensor"
+        if e.role == "linear" and why is None:
+            chosen.append(e.name)
+            entries.append(replace(e, importance="activation", reason=e.reason + "; GPTQ"))
+        else:
+            if e.role == "linear":
+                fallbacks[e.name] = why
+            entries.append(e)
+    if fallbacks:
+        log.info("actquant+gptq: %d tensor(s) keep the plain quantizer: %s", len(fallbacks),
+                 "; ".join(f"{n}: {w}" for n, w in list(fallbacks.items())[:5]))
+    meta = {**part.meta, "gptq_tensors": chosen, "gptq_fallbacks": fallbacks, "compensate": "gptq"}
+    return replace(part, entries=tuple(entries), meta=meta)
+
+
 def _actquant_part(adapter: PolicyAdapter, specs: list[TensorSpec], ac: AllocConfig, inactive: str,
                    noise_fn: Any | None = None) -> QuantPlan:
     """HSIC allocation (+ the "cheapest" rule for inactive tensors, see :class:`PipelineConfig`)."""
@@ -515,6 +546,8 @@ def build_plan(
         noise_fn = None
     if m == "actquant":
         part = _actquant_part(adapter, specs, ac, cfg.inactive, noise_fn)
+        if cfg.compensate == "gptq":
+            part = _with_gptq(part, cfg.gptq)
     elif m == "hsic-only":
         part = plan_hsic_only(specs, ac)
     elif m == "rtn":
@@ -615,10 +648,11 @@ def needed_statistics(method: str) -> dict[str, bool]:
 
 
 def _gram_targets(plan: QuantPlan) -> list[str]:
-    """Tensors of a ``gptq`` plan that need the Gram ``XᵀX`` (``meta["gptq_tensors"]``); [] otherwise."""
-    if plan.method != "gptq":
-        return []
+    """Tensors a plan quantizes with GPTQ and whose Gram ``XᵀX`` is needed (``meta["gptq_tensors"]``: method
+    ``gptq``, or ``actquant`` with ``compensate="gptq"``); [] otherwise."""
     names = list(plan.meta.get("gptq_tensors") or [])
+    if plan.method != "gptq" and not names:
+        return []
     if not names:
         log.warning("gptq plan lists no tensor in meta.gptq_tensors: every tensor is quantized imatrix-style")
     known = {e.name for e in plan.entries}
@@ -692,9 +726,13 @@ def quantize_policy(
         cfg = replace(cfg, method=given.method if given.method in METHODS else cfg.method)
 
     if given is None:  # budget errors before any calibration work
-        pre = build_plan(adapter, replace(cfg, method="hsic-only" if cfg.method in ("actquant", "generic") else cfg.method),
+        pre = build_plan(adapter, replace(cfg, method="hsic-only" if cfg.method in ("actquant", "generic") else cfg.method,
+                                          noise="bits", compensate="none"),
                          CalibrationResult(hsic=_zero_scores(table)), weights={}, n_threads=cfg.n_threads)
         gram_targets = _gram_targets(pre)
+        if cfg.compensate == "gptq":  # every allocated tensor GPTQ may get (its type is known after the plan)
+            gram_targets = [s.name for s in _allocated_specs(table, cfg.scope, None)
+                            if s.name in hookable and s.shape[-1] <= cfg.gptq.max_cols]
     else:
         gram_targets = _gram_targets(given)
     missing = [n for n in gram_targets if n not in hookable]
@@ -710,7 +748,7 @@ def quantize_policy(
     # ---- stage 1 statistics
     if given is None:
         hsic_targets = [s.name for s in _allocated_specs(table, cfg.scope, None)] if cfg.method in _NEEDS_HSIC else []
-        imp_targets = sorted(hookable) if cfg.method in _NEEDS_ACTIVATION else []
+        imp_targets = sorted(hookable) if cfg.method in _NEEDS_ACTIVATION or cfg.compensate == "gptq" else []
     else:
         hsic_targets = []
         imp_targets = [e.name for e in given.entries if e.importance == "activation"]

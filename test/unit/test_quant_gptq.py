@@ -255,3 +255,49 @@ def test_cli_accepts_gptq_options():
                                       "--method", "gptq", "--gptq-damp", "0.05", "--gptq-max-cols", "4096",
                                       "--gptq-intra-group", "32"])
     assert (args.method, args.gptq_damp, args.gptq_max_cols, args.gptq_intra_group) == ("gptq", 0.05, 4096, 32)
+
+
+def test_actquant_with_gptq_compensation(tmp_path):
+    """actquant + compensate='gptq': the HSIC allocation's mixed types, each allocated tensor GPTQ-quantized at
+    its own type (bytes = GPTQ of that type, lower calibration output error than plain quantization), a GGUF
+    that loads, and a plan that re-applies to the same bytes."""
+    from actquant_core.policies.common.tokenizer import SentencePieceTokenizer
+    from actquant_core.quant.adapters import Pi05Adapter
+    from actquant_core.quant.calibrate import CalibConfig
+    from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
+    from actquant_core.runtime import load_runtime
+
+    adapter = Pi05Adapter(_tiny_pi05().init_random(0).eval(), None, SentencePieceTokenizer.small())
+    frames = _frames(adapter.config, 4)
+    with pytest.raises(ValueError, match="compensate='gptq' is a setting of method 'actquant'"):
+        PipelineConfig(method="rtn", compensate="gptq")
+    cfg = PipelineConfig(method="actquant", compensate="gptq", score_floor=0.5, bpw=3.0,
+                         menu=("Q2_K", "Q3_K", "Q4_K", "Q6_K"), report=False, n_threads=1,
+                         calib=CalibConfig(batch_size=4, progress=False, device="cpu"))
+    res = quantize_policy(adapter, frames, out_path=tmp_path / "aq.gguf", config=cfg)
+    plan = res.plan
+    lin = {e.name for e in plan.entries if e.role == "linear"}
+    assert plan.method == "actquant" and plan.meta["compensate"] == "gptq" and plan.bpw_backbone <= 3.0 + 1e-9
+    assert len({plan.entry(n).ggml_type for n in lin}) > 1  # mixed types from the allocator
+    assert set(plan.meta["gptq_tensors"]) == lin and set(res.gptq.values()) == {"gptq"}
+    assert {plan.entry(n).importance for n in lin} == {"activation"}
+    rt = load_runtime(res.gguf_path, n_threads=1)
+    inp = rt.preprocessor(frames[0].images, frames[0].state, frames[0].instruction)
+    a, _, _ = rt.infer_model_inputs(inp, np.zeros((adapter.config.action_horizon, adapter.config.action_dim), np.float32))
+    assert np.isfinite(a).all()
+    weights = adapter.canonical_weights()
+    imp = res.calibration.activation_importance
+    worse = {}
+    for name in sorted(lin):
+        t = plan.entry(name).ggml_type
+        G, W = res.calibration.gram[name].gram, weights[name].astype(np.float64)
+        err = {}
+        for kind, raw in (("gptq", _tensor_bytes(res.gguf_path, name)),
+                          ("imatrix", native.quantize(weights[name], t, imp[name], n_threads=1))):
+            D = W - native.dequantize(raw, t, W.shape)
+            err[kind] = float(np.sum((D @ G) * D))
+        if err["gptq"] >= err["imatrix"] * PIPELINE_MARGIN:
+            worse[name] = err
+    assert not worse, worse
+    res2 = quantize_policy(adapter, frames, out_path=tmp_path / "aq2.gguf", plan=res.plan_path, config=cfg)
+    assert res2.gguf_path.read_bytes() == res.gguf_path.read_bytes()
