@@ -760,7 +760,12 @@ def quantize_policy(
                             gram_targets=gram_targets, gram_max_cols=cfg.gptq.max_cols)
     seconds["calibrate"] = time.perf_counter() - t0
 
-    # ---- plan
+    # ---- plan (noise "measured" needs the Fisher of every allocated tensor first)
+    if given is None and cfg.noise == "measured":
+        names = [s.name for s in _allocated_specs(table, cfg.scope, None)]
+        fisher, nb, losses, secs = calibrate_fisher(adapter, frames, cfg.calib, names)
+        calibration.fisher, calibration.fisher_batches, calibration.fisher_losses = fisher, nb, losses
+        seconds["fisher"] = secs
     t0 = time.perf_counter()
     weights = adapter.canonical_weights()
     the_plan = given if given is not None else build_plan(adapter, cfg, calibration, weights, cfg.n_threads)
@@ -768,6 +773,8 @@ def quantize_policy(
 
     # ---- stage 2: Fisher of the tensors the plan quantizes with Fisher importance
     fisher_names = [e.name for e in the_plan.entries if e.importance == "fisher"]
+    if fisher_names and calibration.fisher is not None and set(fisher_names) <= set(calibration.fisher):
+        fisher_names = []  # already collected for the measured noise
     if fisher_names:
         fisher, nb, losses, secs = calibrate_fisher(adapter, frames, cfg.calib, fisher_names)
         missing = sorted(set(fisher_names) - set(fisher))

@@ -301,3 +301,20 @@ def test_actquant_with_gptq_compensation(tmp_path):
     assert not worse, worse
     res2 = quantize_policy(adapter, frames, out_path=tmp_path / "aq2.gguf", plan=res.plan_path, config=cfg)
     assert res2.gguf_path.read_bytes() == res.gguf_path.read_bytes()
+
+
+def test_quantize_policy_with_measured_noise(tmp_path):
+    """noise='measured' through quantize_policy (the CLI path): Fisher collected, plan meta says so, GGUF loads."""
+    from actquant_core.policies.common.tokenizer import SentencePieceTokenizer
+    from actquant_core.quant.adapters import Pi05Adapter
+    from actquant_core.quant.calibrate import CalibConfig
+    from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
+    from actquant_core.runtime import load_runtime
+
+    adapter = Pi05Adapter(_tiny_pi05().init_random(0).eval(), None, SentencePieceTokenizer.small())
+    frames = _frames(adapter.config, 4)
+    cfg = PipelineConfig(method="actquant", noise="measured", bpw=3.0, menu=("Q2_K", "Q3_K", "Q4_K", "Q6_K"),
+                         report=False, n_threads=1, calib=CalibConfig(batch_size=4, progress=False, device="cpu"))
+    res = quantize_policy(adapter, frames, out_path=tmp_path / "m.gguf", config=cfg)
+    assert res.plan.meta["noise"] == "measured" and res.plan.bpw_backbone <= 3.0 + 1e-9
+    assert res.calibration.fisher and load_runtime(res.gguf_path, n_threads=1).plan_summary["method"] == "actquant"
