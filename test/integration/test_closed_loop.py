@@ -16,11 +16,12 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 
 import numpy as np
 import pytest
 
-from test_policy_node_support import PYTHON, ROOT, START_Q, export_tiny_policy, subprocess_env
+from test_policy_node_support import PYTHON, ROOT, START_Q, export_tiny_policy, subprocess_env, wait_for
 
 sys.path.insert(0, str(ROOT / "launch"))
 from actquant_launch_common import policy_node_cmd, sim_camera_cmd  # noqa: E402
@@ -59,13 +60,7 @@ RTDE_WATCHDOG_HZ = 2.0
 INSTRUCTION = "put the red cube in the bowl"
 
 
-def _wait(pred, timeout_s=WAIT_S, what=""):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+_wait = partial(wait_for, timeout_s=WAIT_S, poll_s=0.01)
 
 
 @pytest.fixture(scope="module")

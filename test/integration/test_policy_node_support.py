@@ -90,13 +90,13 @@ def subprocess_env(domain: int) -> dict[str, str]:
 PYTHON = sys.executable
 
 
-def wait_for(pred, timeout_s: float = WAIT_S, what: str = "") -> None:
-    """Poll ``pred`` every 5 ms; AssertionError naming ``what`` after ``timeout_s``."""
+def wait_for(pred, timeout_s: float = WAIT_S, what: str = "", poll_s: float = 0.005) -> None:
+    """Poll ``pred`` every ``poll_s``; AssertionError naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if pred():
             return
-        time.sleep(0.005)
+        time.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 

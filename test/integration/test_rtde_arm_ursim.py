@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from functools import partial
 
 import numpy as np
 import pytest
+
+from test_policy_node_support import wait_for as support_wait_for
 
 from actquant_core import constants as C
 
@@ -67,13 +70,7 @@ def ramp(q0: np.ndarray, t_obs: float, delta: np.ndarray, h: int = 10) -> Action
     return ActionChunk(actions=q0[None, :] + s * delta[None, :], stamp=t_obs)
 
 
-def wait_for(pred, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.002)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+wait_for = partial(support_wait_for, poll_s=0.002)
 
 
 def test_streams_a_chunk(ursim):

@@ -205,7 +205,6 @@ def test_pipeline_gptq_writes_a_gguf_that_loads(tmp_path):
     from actquant_core.quant.calibrate import CalibConfig
     from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
     from actquant_core.quant.plan import QuantPlan
-    from actquant_core.runtime import load_runtime
 
     adapter = Pi05Adapter(_tiny_pi05().init_random(0).eval(), None, SentencePieceTokenizer.small())
     frames = _frames(adapter.config, 4)
@@ -218,27 +217,41 @@ def test_pipeline_gptq_writes_a_gguf_that_loads(tmp_path):
     assert set(plan.meta["gptq_tensors"]) == lin and not plan.meta["gptq_fallbacks"]
     assert set(res.gptq) == lin and set(res.gptq.values()) == {"gptq"} and set(res.calibration.gram) == lin
     assert QuantPlan.load(res.plan_path).meta["gptq_tensors"] == plan.meta["gptq_tensors"]
-    rt = load_runtime(res.gguf_path, n_threads=1)
-    assert rt.plan_summary["method"] == "gptq"
-    inp = rt.preprocessor(frames[0].images, frames[0].state, frames[0].instruction)
-    a, _, _ = rt.infer_model_inputs(inp, np.zeros((adapter.config.action_horizon, adapter.config.action_dim), np.float32))
-    assert np.isfinite(a).all()
+    assert _runtime_actions(res, adapter, frames)[0].plan_summary["method"] == "gptq"
     # the written bytes lower the calibration output error tr(D G Dᵀ), D = W - Ŵ, vs imatrix quantization
-    weights = adapter.canonical_weights()
-    imp = res.calibration.activation_importance
-    ratios = {}
-    for name in sorted(lin):
-        G, W = res.calibration.gram[name].gram, weights[name].astype(np.float64)
-        out_err = {}
-        for kind, raw in (("gptq", _tensor_bytes(res.gguf_path, name)),
-                          ("imatrix", native.quantize(weights[name], "Q4_K", imp[name], n_threads=1))):
-            D = W - native.dequantize(raw, "Q4_K", W.shape)
-            out_err[kind] = float(np.sum((D @ G) * D))
-        ratios[name] = out_err["gptq"] / out_err["imatrix"]
+    ratios = _gptq_vs_imatrix_output_error(res, adapter, lin)
     assert max(ratios.values()) < PIPELINE_MARGIN, ratios
     # re-applying the plan (same frames) reproduces the file
     res2 = quantize_policy(adapter, frames, out_path=tmp_path / "gptq2.gguf", plan=res.plan_path, config=cfg)
     assert res2.gguf_path.read_bytes() == res.gguf_path.read_bytes()
+
+
+def _runtime_actions(res, adapter, frames):
+    """Loads the written GGUF in the runtime and runs one frame; asserts finite actions. Returns (runtime, actions)."""
+    from actquant_core.runtime import load_runtime
+
+    rt = load_runtime(res.gguf_path, n_threads=1)
+    inp = rt.preprocessor(frames[0].images, frames[0].state, frames[0].instruction)
+    a, _, _ = rt.infer_model_inputs(inp, np.zeros((adapter.config.action_horizon, adapter.config.action_dim), np.float32))
+    assert np.isfinite(a).all()
+    return rt, a
+
+
+def _gptq_vs_imatrix_output_error(res, adapter, names):
+    """name -> tr(D G Dᵀ) of the written (GPTQ) bytes / that of imatrix quantization at the tensor's planned type."""
+    weights = adapter.canonical_weights()
+    imp = res.calibration.activation_importance
+    ratios = {}
+    for name in sorted(names):
+        t = res.plan.entry(name).ggml_type
+        G, W = res.calibration.gram[name].gram, weights[name].astype(np.float64)
+        out_err = {}
+        for kind, raw in (("gptq", _tensor_bytes(res.gguf_path, name)),
+                          ("imatrix", native.quantize(weights[name], t, imp[name], n_threads=1))):
+            D = W - native.dequantize(raw, t, W.shape)
+            out_err[kind] = float(np.sum((D @ G) * D))
+        ratios[name] = out_err["gptq"] / out_err["imatrix"]
+    return ratios
 
 
 def _tensor_bytes(path, name):
@@ -265,7 +278,6 @@ def test_actquant_with_gptq_compensation(tmp_path):
     from actquant_core.quant.adapters import Pi05Adapter
     from actquant_core.quant.calibrate import CalibConfig
     from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
-    from actquant_core.runtime import load_runtime
 
     adapter = Pi05Adapter(_tiny_pi05().init_random(0).eval(), None, SentencePieceTokenizer.small())
     frames = _frames(adapter.config, 4)
@@ -281,24 +293,9 @@ def test_actquant_with_gptq_compensation(tmp_path):
     assert len({plan.entry(n).ggml_type for n in lin}) > 1  # mixed types from the allocator
     assert set(plan.meta["gptq_tensors"]) == lin and set(res.gptq.values()) == {"gptq"}
     assert {plan.entry(n).importance for n in lin} == {"activation"}
-    rt = load_runtime(res.gguf_path, n_threads=1)
-    inp = rt.preprocessor(frames[0].images, frames[0].state, frames[0].instruction)
-    a, _, _ = rt.infer_model_inputs(inp, np.zeros((adapter.config.action_horizon, adapter.config.action_dim), np.float32))
-    assert np.isfinite(a).all()
-    weights = adapter.canonical_weights()
-    imp = res.calibration.activation_importance
-    worse = {}
-    for name in sorted(lin):
-        t = plan.entry(name).ggml_type
-        G, W = res.calibration.gram[name].gram, weights[name].astype(np.float64)
-        err = {}
-        for kind, raw in (("gptq", _tensor_bytes(res.gguf_path, name)),
-                          ("imatrix", native.quantize(weights[name], t, imp[name], n_threads=1))):
-            D = W - native.dequantize(raw, t, W.shape)
-            err[kind] = float(np.sum((D @ G) * D))
-        if err["gptq"] >= err["imatrix"] * PIPELINE_MARGIN:
-            worse[name] = err
-    assert not worse, worse
+    _runtime_actions(res, adapter, frames)
+    ratios = _gptq_vs_imatrix_output_error(res, adapter, lin)
+    assert max(ratios.values()) < PIPELINE_MARGIN, ratios
     res2 = quantize_policy(adapter, frames, out_path=tmp_path / "aq2.gguf", plan=res.plan_path, config=cfg)
     assert res2.gguf_path.read_bytes() == res.gguf_path.read_bytes()
 
@@ -309,7 +306,6 @@ def test_quantize_policy_with_measured_noise(tmp_path):
     from actquant_core.quant.adapters import Pi05Adapter
     from actquant_core.quant.calibrate import CalibConfig
     from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
-    from actquant_core.runtime import load_runtime
 
     adapter = Pi05Adapter(_tiny_pi05().init_random(0).eval(), None, SentencePieceTokenizer.small())
     frames = _frames(adapter.config, 4)
@@ -317,4 +313,4 @@ def test_quantize_policy_with_measured_noise(tmp_path):
                          report=False, n_threads=1, calib=CalibConfig(batch_size=4, progress=False, device="cpu"))
     res = quantize_policy(adapter, frames, out_path=tmp_path / "m.gguf", config=cfg)
     assert res.plan.meta["noise"] == "measured" and res.plan.bpw_backbone <= 3.0 + 1e-9
-    assert res.calibration.fisher and load_runtime(res.gguf_path, n_threads=1).plan_summary["method"] == "actquant"
+    assert res.calibration.fisher and _runtime_actions(res, adapter, frames)[0].plan_summary["method"] == "actquant"
