@@ -36,6 +36,7 @@ __all__ = [
     "plan_hsic_only",
     "plan_fisher_only",
     "plan_gptq",
+    "with_gptq",
 ]
 
 log = logging.getLogger(__name__)
@@ -161,30 +162,41 @@ def plan_gptq(tensors: Sequence[TensorSpec], ggml_type: str, config: AllocConfig
     32-block fallback that does not fit) are quantized imatrix-style, logged and named in
     ``meta["gptq_fallbacks"]`` and in their entry's reason.
     """
-    from dataclasses import replace
-
-    from .gptq import GptqConfig, gptq_eligible
+    from .gptq import GptqConfig
 
     gc = gptq_config or GptqConfig()
     base = _fixed_type_plan("gptq", tensors, ggml_type, "activation", config)
+    return with_gptq(base, gc, fallback="imatrix")
+
+
+def with_gptq(plan: QuantPlan, gptq_config, *, fallback: str) -> QuantPlan:
+    """``plan`` with GPTQ for every linear entry GPTQ can take at its planned type: activation importance,
+    reason "; GPTQ", listed in ``meta["gptq_tensors"]`` (their Gram ``XᵀX`` must be collected).  The others
+    (:func:`.gptq.gptq_eligible` says why) keep their quantization, named ``fallback`` in their reason, in
+    ``meta["gptq_fallbacks"]`` and in the log.  Used by method ``gptq`` and by ``actquant`` with
+    ``compensate="gptq"``."""
+    from dataclasses import replace
+
+    from .gptq import gptq_eligible
+
     entries, chosen, fallbacks = [], [], {}
-    for e in base.entries:
+    for e in plan.entries:
         if e.role != "linear":
             entries.append(e)
             continue
-        why = gptq_eligible(e.ggml_type, e.shape, gc)
+        why = gptq_eligible(e.ggml_type, e.shape, gptq_config)
         if why is None:
             chosen.append(e.name)
-            entries.append(replace(e, reason=e.reason + "; GPTQ"))
+            entries.append(replace(e, importance="activation", reason=e.reason + "; GPTQ"))
         else:
             fallbacks[e.name] = why
-            entries.append(replace(e, reason=e.reason + f"; imatrix (no GPTQ: {why})"))
+            entries.append(replace(e, reason=e.reason + f"; {fallback} (no GPTQ: {why})"))
     if fallbacks:
-        log.info("GPTQ plan: %d tensor(s) fall back to imatrix quantization: %s", len(fallbacks),
+        log.info("%s plan: %d tensor(s) fall back to %s quantization: %s", plan.method, len(fallbacks), fallback,
                  "; ".join(f"{n}: {w}" for n, w in list(fallbacks.items())[:5]))
-    meta = {**base.meta, "gptq_tensors": chosen, "gptq_fallbacks": fallbacks, "gptq_percdamp": gc.percdamp,
-            "gptq_max_cols": gc.max_cols}
-    return replace(base, entries=tuple(entries), meta=meta)
+    meta = {**plan.meta, "gptq_tensors": chosen, "gptq_fallbacks": fallbacks, "gptq_percdamp": gptq_config.percdamp,
+            "gptq_max_cols": gptq_config.max_cols}
+    return replace(plan, entries=tuple(entries), meta=meta)
 
 
 def plan_hsic_only(tensors: Sequence[TensorSpec], config: AllocConfig) -> QuantPlan:

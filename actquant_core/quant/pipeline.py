@@ -50,7 +50,8 @@ from .adapters import SCOPES, PolicyAdapter, TensorInfo
 from .allocate import AllocConfig, TensorSpec, allocate
 from .calibrate import BagMapping, CalibConfig, CalibFrame, CalibrationResult, calibrate, calibrate_fisher, load_episodes, sample_frames
 from .gptq import GptqConfig, gptq_tensors
-from .importance import plan_error_driven, plan_fisher_only, plan_gptq, plan_hsic_only, plan_imatrix, plan_uniform, weighted_error_fn
+from .importance import (plan_error_driven, plan_fisher_only, plan_gptq, plan_hsic_only, plan_imatrix, plan_uniform,
+                         weighted_error_fn, with_gptq)
 from .plan import PlanEntry, QuantPlan, quantize_with_plan
 from .refine import SUPPORTED as REFINE_TYPES
 from .refine import RefineConfig, refine_tensor
@@ -459,28 +460,6 @@ def measured_noise_fn(weights: Mapping[str, np.ndarray], fisher: Mapping[str, np
     return noise
 
 
-def _with_gptq(part: QuantPlan, gptq_config: GptqConfig) -> QuantPlan:
-    """The allocated plan with GPTQ for every linear entry GPTQ can take at its allocated type
-    (``meta["gptq_tensors"]``, activation importance); the others keep their quantization, logged."""
-    from .gptq import gptq_eligible
-
-    entries, chosen, fallbacks = [], [], {}
-    for e in part.entries:
-        why = gptq_eligible(e.ggml_type, e.shape, gptq_config) if e.role == "linear" else "not a linear tensor"
-        if e.role == "linear" and why is None:
-            chosen.append(e.name)
-            entries.append(replace(e, importance="activation", reason=e.reason + "; GPTQ"))
-        else:
-            if e.role == "linear":
-                fallbacks[e.name] = why
-            entries.append(e)
-    if fallbacks:
-        log.info("actquant+gptq: %d tensor(s) keep the plain quantizer: %s", len(fallbacks),
-                 "; ".join(f"{n}: {w}" for n, w in list(fallbacks.items())[:5]))
-    meta = {**part.meta, "gptq_tensors": chosen, "gptq_fallbacks": fallbacks, "compensate": "gptq"}
-    return replace(part, entries=tuple(entries), meta=meta)
-
-
 def _actquant_part(adapter: PolicyAdapter, specs: list[TensorSpec], ac: AllocConfig, inactive: str,
                    noise_fn: Any | None = None) -> QuantPlan:
     """HSIC allocation (+ the "cheapest" rule for inactive tensors, see :class:`PipelineConfig`)."""
@@ -547,7 +526,8 @@ def build_plan(
     if m == "actquant":
         part = _actquant_part(adapter, specs, ac, cfg.inactive, noise_fn)
         if cfg.compensate == "gptq":
-            part = _with_gptq(part, cfg.gptq)
+            part = with_gptq(part, cfg.gptq, fallback="plain (Fisher importance)")
+            part = replace(part, meta={**part.meta, "compensate": "gptq"})
     elif m == "hsic-only":
         part = plan_hsic_only(specs, ac)
     elif m == "rtn":
