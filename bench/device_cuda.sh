@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Real-size π₀.₅ on the GPU machine (device tool; carry .carry/wheels .cache/sdist, run from the repo root).
+#   bash bench/device_cuda.sh build      CUDA build of the native module into actquant_core/ (kept on a warm machine)
+#   bash bench/device_cuda.sh latency    bench/pi05_latency.py: native CUDA per weight type vs torch bf16 on the GPU
+#   bash bench/device_cuda.sh pipeline   bench/actquant_pipeline.py: ActQuant wall time, real size, 256 frames
+# Results (JSON + logs) in $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --target /tmp/pylib .carry/wheels/*.whl 2>/dev/null
+export PYTHONPATH=$PWD:/tmp/pylib PYTHONUNBUFFERED=1
+t0=$(date +%s)
+build() {
+  ls actquant_core/_native*312*.so >/dev/null 2>&1 && grep -q "GGML_CUDA:BOOL=ON" .devrun/build-cuda/CMakeCache.txt 2>/dev/null \
+    && { echo "cuda build: present"; return 0; }
+  # The image's default g++ (/opt/gcc) links its own libstdc++ and crashes beside the system one: system compilers.
+  CC=/usr/bin/gcc CXX=/usr/bin/g++ ACTQUANT_CACHE_DIR=$PWD/.cache cmake -S native -B .devrun/build-cuda \
+    -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_HOST_COMPILER=/usr/bin/g++ \
+    -DPython_EXECUTABLE=$(which python3) -DACTQUANT_NATIVE_OUTPUT_DIR=$PWD/actquant_core > "$OUT/cuda_build.log" 2>&1 \
+    && nice cmake --build .devrun/build-cuda --target _native -j ${BUILD_JOBS:-16} >> "$OUT/cuda_build.log" 2>&1
+  local rc=$?; echo "cuda build rc=$rc in $(( $(date +%s) - t0 )) s"; tail -3 "$OUT/cuda_build.log"; return $rc
+}
+case "${1:-}" in
+  build) build ;;
+  latency)
+    build || exit 1
+    nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
+    timeout ${LIMIT_S:-540} python3 bench/pi05_latency.py --preset pi05 --device cuda --threads 16 --reps 10 \
+      --types ${TYPES:-bf16,q8_0,q4_K,q3_K,q2_K} --torch-dtypes bfloat16 --out "$OUT/pi05_latency_real_cuda.json" 2>&1 \
+      | grep -v -i "warn" ;;
+  pipeline)
+    build || exit 1
+    timeout ${LIMIT_S:-540} python3 bench/actquant_pipeline.py --preset pi05 --frames ${FRAMES:-256} --device cuda \
+      --threads 16 --out "$OUT/actquant_pipeline_real_cuda.json" 2>&1 | grep -v -i "warn\|eligibility" ;;
+  *) echo "usage: $0 build|latency|pipeline"; exit 2 ;;
+esac
+echo "device_cuda.sh $1: $(( $(date +%s) - t0 )) s"
