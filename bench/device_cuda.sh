@@ -3,6 +3,7 @@
 #   bash bench/device_cuda.sh build      CUDA build of the native module into actquant_core/ (kept on a warm machine)
 #   bash bench/device_cuda.sh latency    bench/pi05_latency.py: native CUDA per weight type vs torch bf16 on the GPU
 #   bash bench/device_cuda.sh pipeline   bench/actquant_pipeline.py: ActQuant wall time, real size, 256 frames
+#   bash bench/device_cuda.sh gpu-tests  the gpu-marked tests (CUDA parity, CUDA graph replay) of test/native
 # Results (JSON + logs) in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -31,6 +32,9 @@ case "${1:-}" in
     build || exit 1
     timeout ${LIMIT_S:-540} python3 bench/actquant_pipeline.py --preset pi05 --frames ${FRAMES:-256} --device cuda \
       --threads 16 --out "$OUT/actquant_pipeline_real_cuda.json" 2>&1 | grep -v -i "warn\|eligibility" ;;
-  *) echo "usage: $0 build|latency|pipeline"; exit 2 ;;
+  gpu-tests)
+    build || exit 1
+    timeout ${LIMIT_S:-300} python3 -m pytest -q -m gpu test/native -p no:cacheprovider 2>&1 | tail -15 ;;
+  *) echo "usage: $0 build|latency|pipeline|gpu-tests"; exit 2 ;;
 esac
 echo "device_cuda.sh $1: $(( $(date +%s) - t0 )) s"

@@ -99,6 +99,32 @@ def test_masked_camera_changes_nothing_but_its_tokens(tiny):
     np.testing.assert_array_equal(a0, a1)
 
 
+def test_reused_graph_equals_a_fresh_one(tiny):
+    """The runtime keeps its last graph (no intermediates) and reuses it while the valid cameras and prompt length
+    stay the same: every call must still equal a fresh runtime's, bit for bit, across new inputs, a shape change
+    (other prompt length, a masked camera), a call collecting intermediates in between, and back."""
+    cfg, _, path = tiny
+    rt = Pi05Runtime(path, n_threads=1)
+    inp, noise = _inputs(rt, cfg, drop_slot=True)
+    inp2, noise2 = _inputs(rt, cfg, seed=1, drop_slot=True)  # same shapes, other pixels and noise
+    rng = np.random.default_rng(9)
+    images3 = {s: rng.integers(0, 255, (60, 80, 3), dtype=np.uint8) for s in cfg.camera_slots}
+    inp3 = rt.preprocessor(images3, np.zeros(8, np.float32), "open the drawer")  # 3 cameras, other prompt
+    assert int(inp3.token_masks.sum()) != int(inp.token_masks.sum()) or inp3.image_masks.sum() != inp.image_masks.sum()
+
+    def fresh(i, n):
+        return Pi05Runtime(path, n_threads=1).infer_model_inputs(i, n)[0]
+
+    expected = {k: fresh(i, n) for k, (i, n) in {"a": (inp, noise), "b": (inp2, noise2), "c": (inp3, noise)}.items()}
+    seq = [("a", ()), ("a", ()), ("b", ()), ("c", ()), ("b", ()), ("b", ("prefix_k.0",)), ("b", ()), ("a", ())]
+    args = {"a": (inp, noise), "b": (inp2, noise2), "c": (inp3, noise)}
+    for key, collect in seq:
+        actions, timing, inter = rt.infer_model_inputs(*args[key], collect)
+        np.testing.assert_array_equal(actions, expected[key], err_msg=f"call {key} collect={collect}")
+        assert set(inter) == set(collect)
+    assert not np.array_equal(expected["a"], expected["b"])
+
+
 @pytest.mark.parametrize("wtype", ["Q8_0", "Q4_K"])
 def test_quantized_matches_torch_with_dequantized_weights(tmp_path, wtype):
     cfg = get_preset("pi05-small")
@@ -181,3 +207,37 @@ def test_observation_path_and_bad_inputs(tiny, tmp_path):
     export_tensors(bad, "pi05", cfg.to_dict(), t, lambda n, s: "F32", tokenizer_model=SentencePieceTokenizer.small().model_bytes)
     with pytest.raises(native.GgufError, match=r"badshape\.gguf.*lm\.blk\.1\.attn_q\.weight.*shape \[32, 32\], expected \[32, 64\]"):
         Pi05Runtime(bad)
+
+
+# CUDA F32: cuBLAS F32 matmuls run with reduced-precision (TF32-class) compute (see test_oft_parity.py).
+TOL_CUDA_F32 = 1e-2
+
+
+@pytest.mark.gpu
+def test_cuda_matches_torch_and_graph_replay(tiny):
+    """CUDA backend vs torch, stage by stage; then the reused graph (replayed as a CUDA graph from the third call
+    on) on alternating inputs: each call matches torch, and repeats of the same input give the same actions."""
+    if not native.has_cuda() or native.native_module().cuda_device_count() < 1:
+        pytest.skip("this build has no CUDA backend or no CUDA device is present")
+    cfg, model, path = tiny
+    rt = Pi05Runtime(path, n_threads=2, device="cuda")
+    assert rt.backend.startswith("CUDA")
+    inp, noise = _inputs(rt, cfg)
+    collect = _collect(cfg, inp)
+    actions, _, inter = rt.infer_model_inputs(inp, noise, collect)
+    ref, rinter = _torch_ref(model, inp, noise)
+    valid = np.concatenate([np.repeat(inp.image_masks[0], cfg.num_patches), inp.token_masks[0]]).astype(bool)
+    for name in collect:
+        r = rinter[name][0].numpy()
+        if name.startswith("prefix_"):
+            r = r[valid]
+        assert _rel(inter[name].reshape(r.shape), r) < TOL_CUDA_F32, name
+    assert _rel(actions, ref[0].numpy()) < TOL_CUDA_F32
+    inp2, noise2 = _inputs(rt, cfg, seed=1)
+    refs = {0: ref[0].numpy(), 1: _torch_ref(model, inp2, noise2)[0][0].numpy()}
+    first = {}
+    for i in [0, 1, 0, 1, 0, 1, 0]:
+        a, _, _ = rt.infer_model_inputs(*((inp, noise) if i == 0 else (inp2, noise2)))
+        assert _rel(a, refs[i]) < TOL_CUDA_F32, i
+        first.setdefault(i, a)
+        np.testing.assert_allclose(a, first[i], rtol=0, atol=1e-5)

@@ -29,6 +29,22 @@ std::string fmt_name(const char * f, int i) {
 
 }  // namespace
 
+// A built graph with its inputs and output (see infer: kept allocated and reused while the shapes match).
+struct Pi05Graph {
+    explicit Pi05Graph(size_t max_nodes) : G(max_nodes) {}
+    GraphContext G;
+    int Cv = 0, Tv = 0;  // valid cameras, valid prompt tokens
+    ggml_tensor * in_patches = nullptr;
+    ggml_tensor * in_tokens = nullptr;
+    ggml_tensor * in_pos_prefix = nullptr;
+    ggml_tensor * in_pos_suffix = nullptr;
+    ggml_tensor * in_noise = nullptr;
+    ggml_tensor * in_temb = nullptr;
+    ggml_tensor * actions = nullptr;
+};
+
+Pi05Runtime::~Pi05Runtime() = default;
+
 pi05_hparams pi05_default_hparams() { return pi05_hparams{}; }
 
 Pi05Runtime::Pi05Runtime(const std::string & gguf_path, const pi05_hparams & hp, const backend_params & bp) : hp_(hp) {
@@ -170,131 +186,146 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
         }
     }
 
-    // ---- phase 1: build the graph (no allocation) ---------------------------------------------------
+    // ---- phase 1: build the graph (no allocation), or reuse the cached one -------------------------------
+    // A graph that collects no intermediates is kept, allocated, and reused while the valid camera count and
+    // prompt length stay the same (the usual case on a robot: fixed cameras, one instruction). That skips
+    // build and allocation, and gives the CUDA backend the same nodes at the same addresses on every call,
+    // which it captures once and replays as a CUDA graph (GGML_CUDA_GRAPHS) instead of launching thousands
+    // of small kernels per chunk.
     auto t_build = clk::now();
-    GraphContext G(65536);
-    ggml_context * ctx = G.ctx();
-    ggml_cgraph * gf = G.graph();
-    ggml_tensor * in_patches = G.input("patches", {3LL * p * p, P, Cv});
-    ggml_tensor * in_tokens = G.input("tokens", {Tv}, GGML_TYPE_I32);
-    ggml_tensor * in_pos_prefix = G.input("pos_prefix", {Lv}, GGML_TYPE_I32);
-    ggml_tensor * in_pos_suffix = G.input("pos_suffix", {H}, GGML_TYPE_I32);
-    ggml_tensor * in_noise = G.input("noise", {A, H});
-    ggml_tensor * in_temb = G.input("time_emb", {h.ex_width, h.num_steps});
+    const bool reuse = collect.empty() && cache_ && cache_->Cv == Cv && cache_->Tv == Tv;
+    std::unique_ptr<Pi05Graph> fresh;
+    if (!reuse) {
+        cache_.reset();  // the backend's allocation is about to belong to the graph built now
+        fresh = std::make_unique<Pi05Graph>(65536);
+        fresh->Cv = Cv;
+        fresh->Tv = Tv;
+        GraphContext & G = fresh->G;
+        ggml_context * ctx = G.ctx();
+        ggml_cgraph * gf = G.graph();
+        ggml_tensor * in_patches = fresh->in_patches = G.input("patches", {3LL * p * p, P, Cv});
+        ggml_tensor * in_tokens = fresh->in_tokens = G.input("tokens", {Tv}, GGML_TYPE_I32);
+        ggml_tensor * in_pos_prefix = fresh->in_pos_prefix = G.input("pos_prefix", {Lv}, GGML_TYPE_I32);
+        ggml_tensor * in_pos_suffix = fresh->in_pos_suffix = G.input("pos_suffix", {H}, GGML_TYPE_I32);
+        ggml_tensor * in_noise = fresh->in_noise = G.input("noise", {A, H});
+        ggml_tensor * in_temb = fresh->in_temb = G.input("time_emb", {h.ex_width, h.num_steps});
 
-    // Vision: the valid cameras as one batch. x [v_width, P, Cv].
-    ggml_tensor * x = layer_linear(ctx, m.get("v.patch_embd.weight"), m.get("v.patch_embd.bias"), in_patches);
-    x = ggml_add(ctx, x, m.get("v.position_embd.weight"));
-    for (int i = 0; i < h.v_depth; ++i) {
-        auto W = [&](const char * n) { return m.get(fmt_name("v.blk.%d.", i) + n); };
-        ggml_tensor * hN = layer_norm(ctx, x, W("ln1.weight"), W("ln1.bias"), h.v_ln_eps);
-        ggml_tensor * q = ggml_reshape_4d(ctx, layer_linear(ctx, W("attn_q.weight"), W("attn_q.bias"), hN), vhd, h.v_heads, P, Cv);
-        ggml_tensor * k = ggml_reshape_4d(ctx, layer_linear(ctx, W("attn_k.weight"), W("attn_k.bias"), hN), vhd, h.v_heads, P, Cv);
-        ggml_tensor * v = ggml_reshape_4d(ctx, layer_linear(ctx, W("attn_v.weight"), W("attn_v.bias"), hN), vhd, h.v_heads, P, Cv);
-        ggml_tensor * a = layer_attention(ctx, q, k, v, nullptr, 1.0f / std::sqrt((float) vhd));
-        x = ggml_add(ctx, x, layer_linear(ctx, W("attn_out.weight"), W("attn_out.bias"), a));
-        hN = layer_norm(ctx, x, W("ln2.weight"), W("ln2.bias"), h.v_ln_eps);
-        hN = layer_gelu_tanh(ctx, layer_linear(ctx, W("ffn_up.weight"), W("ffn_up.bias"), hN));
-        x = ggml_add(ctx, x, layer_linear(ctx, W("ffn_down.weight"), W("ffn_down.bias"), hN));
-    }
-    x = layer_norm(ctx, x, m.get("v.post_ln.weight"), m.get("v.post_ln.bias"), h.v_ln_eps);
-    ggml_tensor * img = layer_linear(ctx, m.get("mm.proj.weight"), m.get("mm.proj.bias"), x);  // [D, P, Cv]
-    for (int ci = 0; ci < Cv; ++ci) {  // named by camera slot
-        const std::string n = fmt_name("vision_emb.%d", cams[ci]);
-        if (keep(n)) layer_name(ctx, gf, ggml_view_2d(ctx, img, h.lm_width, P, img->nb[1], ci * img->nb[2]), true, "%s", n.c_str());
-    }
-    layer_name(ctx, gf, img, false, "stage:vision");
-    ggml_build_forward_expand(gf, img);
+        // Vision: the valid cameras as one batch. x [v_width, P, Cv].
+        ggml_tensor * x = layer_linear(ctx, m.get("v.patch_embd.weight"), m.get("v.patch_embd.bias"), in_patches);
+        x = ggml_add(ctx, x, m.get("v.position_embd.weight"));
+        for (int i = 0; i < h.v_depth; ++i) {
+            auto W = [&](const char * n) { return m.get(fmt_name("v.blk.%d.", i) + n); };
+            ggml_tensor * hN = layer_norm(ctx, x, W("ln1.weight"), W("ln1.bias"), h.v_ln_eps);
+            ggml_tensor * q = ggml_reshape_4d(ctx, layer_linear(ctx, W("attn_q.weight"), W("attn_q.bias"), hN), vhd, h.v_heads, P, Cv);
+            ggml_tensor * k = ggml_reshape_4d(ctx, layer_linear(ctx, W("attn_k.weight"), W("attn_k.bias"), hN), vhd, h.v_heads, P, Cv);
+            ggml_tensor * v = ggml_reshape_4d(ctx, layer_linear(ctx, W("attn_v.weight"), W("attn_v.bias"), hN), vhd, h.v_heads, P, Cv);
+            ggml_tensor * a = layer_attention(ctx, q, k, v, nullptr, 1.0f / std::sqrt((float) vhd));
+            x = ggml_add(ctx, x, layer_linear(ctx, W("attn_out.weight"), W("attn_out.bias"), a));
+            hN = layer_norm(ctx, x, W("ln2.weight"), W("ln2.bias"), h.v_ln_eps);
+            hN = layer_gelu_tanh(ctx, layer_linear(ctx, W("ffn_up.weight"), W("ffn_up.bias"), hN));
+            x = ggml_add(ctx, x, layer_linear(ctx, W("ffn_down.weight"), W("ffn_down.bias"), hN));
+        }
+        x = layer_norm(ctx, x, m.get("v.post_ln.weight"), m.get("v.post_ln.bias"), h.v_ln_eps);
+        ggml_tensor * img = layer_linear(ctx, m.get("mm.proj.weight"), m.get("mm.proj.bias"), x);  // [D, P, Cv]
+        for (int ci = 0; ci < Cv; ++ci) {  // named by camera slot
+            const std::string n = fmt_name("vision_emb.%d", cams[ci]);
+            if (keep(n)) layer_name(ctx, gf, ggml_view_2d(ctx, img, h.lm_width, P, img->nb[1], ci * img->nb[2]), true, "%s", n.c_str());
+        }
+        layer_name(ctx, gf, img, false, "stage:vision");
+        ggml_build_forward_expand(gf, img);
 
-    // Prefix embedding: image tokens (camera-major), then scaled token embeddings, valid ones only. [D, Lv]
-    ggml_tensor * txt = ggml_scale(ctx, ggml_get_rows(ctx, m.get("lm.token_embd.weight"), in_tokens), h.embed_scale);
-    ggml_tensor * xp = ggml_concat(ctx, ggml_reshape_2d(ctx, img, h.lm_width, (int64_t) P * Cv), txt, 1);
-    layer_name(ctx, gf, xp, keep("prefix_emb"), "prefix_emb");
+        // Prefix embedding: image tokens (camera-major), then scaled token embeddings, valid ones only. [D, Lv]
+        ggml_tensor * txt = ggml_scale(ctx, ggml_get_rows(ctx, m.get("lm.token_embd.weight"), in_tokens), h.embed_scale);
+        ggml_tensor * xp = ggml_concat(ctx, ggml_reshape_2d(ctx, img, h.lm_width, (int64_t) P * Cv), txt, 1);
+        layer_name(ctx, gf, xp, keep("prefix_emb"), "prefix_emb");
 
-    // Gemma prefix pass: K/V of every layer (the cache); the last layer needs no attention output.
-    const float attn_scale = 1.0f / std::sqrt((float) h.head_dim);
-    std::vector<ggml_tensor *> kc(h.depth), vc(h.depth);
-    for (int i = 0; i < h.depth; ++i) {
-        auto W = [&](const char * n) { return m.get(fmt_name("lm.blk.%d.", i) + n); };
-        ggml_tensor * hN = layer_rms_norm(ctx, xp, W("attn_norm.weight"), h.rms_eps);
-        ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_q.weight"), hN), h.head_dim, h.n_heads, Lv);
-        ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_k.weight"), hN), h.head_dim, h.n_kv_heads, Lv);
-        ggml_tensor * v = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_v.weight"), hN), h.head_dim, h.n_kv_heads, Lv);
-        q = ggml_rope_ext(ctx, q, in_pos_prefix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
-        k = ggml_rope_ext(ctx, k, in_pos_prefix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
-        kc[i] = layer_name(ctx, gf, k, keep(fmt_name("prefix_k.%d", i)), "prefix_k.%d", i);
-        vc[i] = layer_name(ctx, gf, v, keep(fmt_name("prefix_v.%d", i)), "prefix_v.%d", i);
-        if (i == h.depth - 1) break;
-        ggml_tensor * a = layer_attention(ctx, q, k, v, nullptr, attn_scale);
-        xp = ggml_add(ctx, xp, ggml_mul_mat(ctx, W("attn_output.weight"), a));
-        hN = layer_rms_norm(ctx, xp, W("ffn_norm.weight"), h.rms_eps);
-        hN = ggml_mul(ctx, layer_gelu_tanh(ctx, ggml_mul_mat(ctx, W("ffn_gate.weight"), hN)),
-                      ggml_mul_mat(ctx, W("ffn_up.weight"), hN));
-        xp = ggml_add(ctx, xp, ggml_mul_mat(ctx, W("ffn_down.weight"), hN));
-    }
-    // Make the prefix the first thing computed; its end is a timing marker.
-    for (int i = 0; i < h.depth; ++i) {
-        ggml_build_forward_expand(gf, kc[i]);
-        ggml_build_forward_expand(gf, vc[i]);
-    }
-    ggml_tensor * prefix_done = layer_name(ctx, gf, ggml_view_1d(ctx, vc[h.depth - 1], 1, 0), false, "stage:prefix");
-    ggml_build_forward_expand(gf, prefix_done);
-
-    // Expert: num_steps Euler steps from t = 1 to 0.
-    auto ada = [&](const std::string & base, ggml_tensor * xin, ggml_tensor * cond, ggml_tensor ** gate) {
-        ggml_tensor * mod = layer_linear(ctx, m.get(base + ".weight"), m.get(base + ".bias"), cond);  // [3W]
-        const size_t es = ggml_element_size(mod);
-        ggml_tensor * scale = ggml_view_1d(ctx, mod, h.ex_width, 0);
-        ggml_tensor * shift = ggml_view_1d(ctx, mod, h.ex_width, es * h.ex_width);
-        if (gate) *gate = ggml_view_1d(ctx, mod, h.ex_width, 2 * es * h.ex_width);
-        ggml_tensor * y = ggml_mul(ctx, ggml_rms_norm(ctx, xin, h.rms_eps), ggml_scale_bias(ctx, scale, 1.0f, 1.0f));
-        return ggml_add(ctx, y, shift);
-    };
-    ggml_tensor * xt = in_noise;  // [A, H]
-    for (int s = 0; s < h.num_steps; ++s) {
-        layer_name(ctx, gf, xt, keep(fmt_name("x_t.%d", s)), "x_t.%d", s);
-        ggml_tensor * te = ggml_view_1d(ctx, in_temb, h.ex_width, (size_t) s * h.ex_width * sizeof(float));
-        ggml_tensor * cond = ggml_silu(ctx, layer_linear(ctx, m.get("time.mlp_in.weight"), m.get("time.mlp_in.bias"), te));
-        cond = ggml_silu(ctx, layer_linear(ctx, m.get("time.mlp_out.weight"), m.get("time.mlp_out.bias"), cond));
-        layer_name(ctx, gf, cond, keep(fmt_name("time_cond.%d", s)), "time_cond.%d", s);
-        ggml_tensor * xs = layer_linear(ctx, m.get("act.in_proj.weight"), m.get("act.in_proj.bias"), xt);  // [Wex, H]
+        // Gemma prefix pass: K/V of every layer (the cache); the last layer needs no attention output.
+        const float attn_scale = 1.0f / std::sqrt((float) h.head_dim);
+        std::vector<ggml_tensor *> kc(h.depth), vc(h.depth);
         for (int i = 0; i < h.depth; ++i) {
-            const std::string E = fmt_name("ex.blk.%d.", i);
-            auto W = [&](const char * n) { return m.get(E + n); };
-            ggml_tensor * gate = nullptr;
-            ggml_tensor * hN = ada(E + "attn_norm_ada", xs, cond, &gate);
-            ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_q.weight"), hN), h.head_dim, h.n_heads, H);
-            ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_k.weight"), hN), h.head_dim, h.n_kv_heads, H);
-            ggml_tensor * v = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_v.weight"), hN), h.head_dim, h.n_kv_heads, H);
-            q = ggml_rope_ext(ctx, q, in_pos_suffix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
-            k = ggml_rope_ext(ctx, k, in_pos_suffix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
-            ggml_tensor * ka = ggml_concat(ctx, kc[i], k, 2);
-            ggml_tensor * va = ggml_concat(ctx, vc[i], v, 2);
-            ggml_tensor * a = layer_attention(ctx, q, ka, va, nullptr, attn_scale);
-            xs = ggml_add(ctx, xs, ggml_mul(ctx, ggml_mul_mat(ctx, W("attn_output.weight"), a), gate));
-            hN = ada(E + "ffn_norm_ada", xs, cond, &gate);
+            auto W = [&](const char * n) { return m.get(fmt_name("lm.blk.%d.", i) + n); };
+            ggml_tensor * hN = layer_rms_norm(ctx, xp, W("attn_norm.weight"), h.rms_eps);
+            ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_q.weight"), hN), h.head_dim, h.n_heads, Lv);
+            ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_k.weight"), hN), h.head_dim, h.n_kv_heads, Lv);
+            ggml_tensor * v = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_v.weight"), hN), h.head_dim, h.n_kv_heads, Lv);
+            q = ggml_rope_ext(ctx, q, in_pos_prefix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+            k = ggml_rope_ext(ctx, k, in_pos_prefix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+            kc[i] = layer_name(ctx, gf, k, keep(fmt_name("prefix_k.%d", i)), "prefix_k.%d", i);
+            vc[i] = layer_name(ctx, gf, v, keep(fmt_name("prefix_v.%d", i)), "prefix_v.%d", i);
+            if (i == h.depth - 1) break;
+            ggml_tensor * a = layer_attention(ctx, q, k, v, nullptr, attn_scale);
+            xp = ggml_add(ctx, xp, ggml_mul_mat(ctx, W("attn_output.weight"), a));
+            hN = layer_rms_norm(ctx, xp, W("ffn_norm.weight"), h.rms_eps);
             hN = ggml_mul(ctx, layer_gelu_tanh(ctx, ggml_mul_mat(ctx, W("ffn_gate.weight"), hN)),
                           ggml_mul_mat(ctx, W("ffn_up.weight"), hN));
-            xs = ggml_add(ctx, xs, ggml_mul(ctx, ggml_mul_mat(ctx, W("ffn_down.weight"), hN), gate));
+            xp = ggml_add(ctx, xp, ggml_mul_mat(ctx, W("ffn_down.weight"), hN));
         }
-        xs = ada("ex.output_norm_ada", xs, cond, nullptr);
-        ggml_tensor * vel = layer_linear(ctx, m.get("act.out_proj.weight"), m.get("act.out_proj.bias"), xs);  // [A, H]
-        layer_name(ctx, gf, vel, keep(fmt_name("velocity.%d", s)), "velocity.%d", s);
-        xt = ggml_add(ctx, xt, ggml_scale(ctx, vel, (float) dt));
-    }
-    ggml_tensor * actions = G.output(xt, "actions");
-    const double build_ms = ms_since(t_build);
-    if (ggml_graph_n_nodes(gf) >= (int) G.max_nodes()) throw Error("pi05: graph exceeds its node budget");
+        // Make the prefix the first thing computed; its end is a timing marker.
+        for (int i = 0; i < h.depth; ++i) {
+            ggml_build_forward_expand(gf, kc[i]);
+            ggml_build_forward_expand(gf, vc[i]);
+        }
+        ggml_tensor * prefix_done = layer_name(ctx, gf, ggml_view_1d(ctx, vc[h.depth - 1], 1, 0), false, "stage:prefix");
+        ggml_build_forward_expand(gf, prefix_done);
 
-    // ---- phase 2: allocate, set inputs -------------------------------------------------------------
+        // Expert: num_steps Euler steps from t = 1 to 0.
+        auto ada = [&](const std::string & base, ggml_tensor * xin, ggml_tensor * cond, ggml_tensor ** gate) {
+            ggml_tensor * mod = layer_linear(ctx, m.get(base + ".weight"), m.get(base + ".bias"), cond);  // [3W]
+            const size_t es = ggml_element_size(mod);
+            ggml_tensor * scale = ggml_view_1d(ctx, mod, h.ex_width, 0);
+            ggml_tensor * shift = ggml_view_1d(ctx, mod, h.ex_width, es * h.ex_width);
+            if (gate) *gate = ggml_view_1d(ctx, mod, h.ex_width, 2 * es * h.ex_width);
+            ggml_tensor * y = ggml_mul(ctx, ggml_rms_norm(ctx, xin, h.rms_eps), ggml_scale_bias(ctx, scale, 1.0f, 1.0f));
+            return ggml_add(ctx, y, shift);
+        };
+        ggml_tensor * xt = in_noise;  // [A, H]
+        for (int s = 0; s < h.num_steps; ++s) {
+            layer_name(ctx, gf, xt, keep(fmt_name("x_t.%d", s)), "x_t.%d", s);
+            ggml_tensor * te = ggml_view_1d(ctx, in_temb, h.ex_width, (size_t) s * h.ex_width * sizeof(float));
+            ggml_tensor * cond = ggml_silu(ctx, layer_linear(ctx, m.get("time.mlp_in.weight"), m.get("time.mlp_in.bias"), te));
+            cond = ggml_silu(ctx, layer_linear(ctx, m.get("time.mlp_out.weight"), m.get("time.mlp_out.bias"), cond));
+            layer_name(ctx, gf, cond, keep(fmt_name("time_cond.%d", s)), "time_cond.%d", s);
+            ggml_tensor * xs = layer_linear(ctx, m.get("act.in_proj.weight"), m.get("act.in_proj.bias"), xt);  // [Wex, H]
+            for (int i = 0; i < h.depth; ++i) {
+                const std::string E = fmt_name("ex.blk.%d.", i);
+                auto W = [&](const char * n) { return m.get(E + n); };
+                ggml_tensor * gate = nullptr;
+                ggml_tensor * hN = ada(E + "attn_norm_ada", xs, cond, &gate);
+                ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_q.weight"), hN), h.head_dim, h.n_heads, H);
+                ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_k.weight"), hN), h.head_dim, h.n_kv_heads, H);
+                ggml_tensor * v = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_v.weight"), hN), h.head_dim, h.n_kv_heads, H);
+                q = ggml_rope_ext(ctx, q, in_pos_suffix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+                k = ggml_rope_ext(ctx, k, in_pos_suffix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+                ggml_tensor * ka = ggml_concat(ctx, kc[i], k, 2);
+                ggml_tensor * va = ggml_concat(ctx, vc[i], v, 2);
+                ggml_tensor * a = layer_attention(ctx, q, ka, va, nullptr, attn_scale);
+                xs = ggml_add(ctx, xs, ggml_mul(ctx, ggml_mul_mat(ctx, W("attn_output.weight"), a), gate));
+                hN = ada(E + "ffn_norm_ada", xs, cond, &gate);
+                hN = ggml_mul(ctx, layer_gelu_tanh(ctx, ggml_mul_mat(ctx, W("ffn_gate.weight"), hN)),
+                              ggml_mul_mat(ctx, W("ffn_up.weight"), hN));
+                xs = ggml_add(ctx, xs, ggml_mul(ctx, ggml_mul_mat(ctx, W("ffn_down.weight"), hN), gate));
+            }
+            xs = ada("ex.output_norm_ada", xs, cond, nullptr);
+            ggml_tensor * vel = layer_linear(ctx, m.get("act.out_proj.weight"), m.get("act.out_proj.bias"), xs);  // [A, H]
+            layer_name(ctx, gf, vel, keep(fmt_name("velocity.%d", s)), "velocity.%d", s);
+            xt = ggml_add(ctx, xt, ggml_scale(ctx, vel, (float) dt));
+        }
+        fresh->actions = G.output(xt, "actions");
+        if (ggml_graph_n_nodes(gf) >= (int) G.max_nodes()) throw Error("pi05: graph exceeds its node budget");
+    }
+    Pi05Graph & PG = reuse ? *cache_ : *fresh;
+    ggml_cgraph * gf = PG.G.graph();
+    const double build_ms = ms_since(t_build);
+
+    // ---- phase 2: allocate (a new graph only), set inputs ----------------------------------------------
     auto t_alloc = clk::now();
-    backend_->alloc(gf, G.max_nodes());
-    tensor_set_f32(in_patches, patches.data(), patches.size());
-    ggml_backend_tensor_set(in_tokens, toks.data(), 0, sizeof(int32_t) * Tv);
-    ggml_backend_tensor_set(in_pos_prefix, pos_prefix.data(), 0, sizeof(int32_t) * Lv);
-    ggml_backend_tensor_set(in_pos_suffix, pos_suffix.data(), 0, sizeof(int32_t) * H);
-    tensor_set_f32(in_noise, in.noise, (size_t) H * A);
-    tensor_set_f32(in_temb, temb.data(), temb.size());
+    if (!reuse) backend_->alloc(gf, PG.G.max_nodes());
+    tensor_set_f32(PG.in_patches, patches.data(), patches.size());
+    ggml_backend_tensor_set(PG.in_tokens, toks.data(), 0, sizeof(int32_t) * Tv);
+    ggml_backend_tensor_set(PG.in_pos_prefix, pos_prefix.data(), 0, sizeof(int32_t) * Lv);
+    ggml_backend_tensor_set(PG.in_pos_suffix, pos_suffix.data(), 0, sizeof(int32_t) * H);
+    tensor_set_f32(PG.in_noise, in.noise, (size_t) H * A);
+    tensor_set_f32(PG.in_temb, temb.data(), temb.size());
     const double alloc_ms = ms_since(t_alloc);
 
     // ---- phase 3: compute ------------------------------------------------------------------------
@@ -307,8 +338,9 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
 
     pi05_outputs out;
     out.actions.resize((size_t) H * A);
-    tensor_get_f32(actions, out.actions.data(), out.actions.size());
+    tensor_get_f32(PG.actions, out.actions.data(), out.actions.size());
     layer_read_outputs(gf, collect, "pi05", out.intermediates, out.shapes);
+    if (fresh && collect.empty()) cache_ = std::move(fresh);
     out.timing_ms["build"] = build_ms;
     out.timing_ms["alloc"] = alloc_ms;
     const double t_vis = st.at_ms.count("vision") ? st.at_ms["vision"] : 0.0;

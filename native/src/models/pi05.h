@@ -46,9 +46,12 @@ struct pi05_outputs {
     std::map<std::string, double> timing_ms;                  // "build", "alloc", "vision", "prefix", "denoise", "total"
 };
 
+struct Pi05Graph;
+
 class Pi05Runtime {
 public:
     Pi05Runtime(const std::string & gguf_path, const pi05_hparams & hp, const backend_params & bp);
+    ~Pi05Runtime();
     const pi05_hparams & hparams() const { return hp_; }
     const GgufModel & model() const { return *model_; }
     const Backend & backend() const { return *backend_; }
@@ -60,6 +63,7 @@ private:
     pi05_hparams hp_;
     std::unique_ptr<Backend> backend_;
     std::unique_ptr<GgufModel> model_;
+    std::unique_ptr<Pi05Graph> cache_;  // last graph without collected intermediates, allocated on backend_
     void validate_tensors() const;
 };
 
