@@ -53,6 +53,13 @@ class DemoConfig:
         from_init_states: use the saved evaluation init states instead of fresh layouts.
         task_keys: restrict to these "<suite>/<name>" tasks (empty = every task of ``suite``).
         compress: zlib-compress the LeRobot-style episode files (off: ~5x larger, much faster to read back).
+        qd_max: cap on the expert's joint speed (rad/s), None = uncapped.
+        action_noise: DART-style perturbation (rad): the arm executes the expert's joint targets plus an AR(1)
+            noise of this stationary standard deviation (correlation ``NOISE_RHO`` per step), while the recorded
+            action stays the expert's clean target. The demonstrations then visit states around the expert's
+            path with labels that lead back to it, which teaches a cloned policy to recover from its own drift.
+            0 = off (the data the bundled policies were trained on). Episodes the noise makes fail are retried
+            like any failed attempt.
     """
 
     out: Path
@@ -70,6 +77,7 @@ class DemoConfig:
     task_keys: tuple[str, ...] = ()
     compress: bool = True
     qd_max: float | None = None
+    action_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.episodes_per_task < 1:
@@ -85,14 +93,23 @@ class DemoConfig:
             raise ValueError(f"chunk must be >= 1, got {self.chunk}")
         if self.qd_max is not None and not self.qd_max > 0:
             raise ValueError(f"qd_max must be > 0 rad/s or None, got {self.qd_max}")
+        if not (np.isfinite(self.action_noise) and 0.0 <= self.action_noise <= MAX_ACTION_NOISE):
+            raise ValueError(f"action_noise must be in [0, {MAX_ACTION_NOISE}] rad, got {self.action_noise}")
+
+
+NOISE_RHO = 0.8  # per-step correlation of the DART perturbation (AR(1))
+MAX_ACTION_NOISE = 0.2  # rad; beyond this the perturbation is no longer "around the expert's path"
 
 
 def record_episode(env, expert_cls, layout_seed: tuple[int, ...] | None, init_index: int | None,
-                   qd_max: float | None = None):
+                   qd_max: float | None = None, action_noise: float = 0.0,
+                   noise_rng: np.random.Generator | None = None, executed: list | None = None):
     """Run the expert once; returns (Episode fields dict, success).
 
     ``layout_seed`` draws a fresh layout (``sample_layout``); otherwise ``init_index`` picks a saved init
-    state.
+    state. ``action_noise`` > 0 perturbs the executed arm targets (see ``DemoConfig.action_noise``; drawn
+    from ``noise_rng``); the recorded actions are the expert's. ``executed`` (a list) receives the commands
+    actually sent.
     """
     task = env.task
     obs = env.reset(init_index, layout_seed=layout_seed)
@@ -100,13 +117,24 @@ def record_episode(env, expert_cls, layout_seed: tuple[int, ...] | None, init_in
     images = {c: [] for c in obs["images"]}
     states, actions = [], []
     ok = False
+    if action_noise > 0 and noise_rng is None:
+        raise ValueError("record_episode: action_noise > 0 needs a noise_rng")
+    innov = action_noise * np.sqrt(1.0 - NOISE_RHO**2)
+    n = np.zeros(6) if action_noise <= 0 else noise_rng.normal(0.0, action_noise, 6)
     while True:
         a = expert.act()
         for c, img in obs["images"].items():
             images[c].append(img)
         states.append(obs["state"])
         actions.append(a.astype(np.float32))
-        obs, ok, done = env.step(a)
+        cmd = a
+        if action_noise > 0:
+            cmd = a.copy()
+            cmd[:6] += n
+            n = NOISE_RHO * n + noise_rng.normal(0.0, innov, 6)
+        if executed is not None:
+            executed.append(cmd)
+        obs, ok, done = env.step(cmd)
         if done:
             break
     return {"images": {c: np.stack(v) for c, v in images.items()}, "state": np.stack(states),
@@ -134,11 +162,15 @@ def _job(args: tuple) -> list[dict]:
             for attempt in range(MAX_ATTEMPTS):
                 if cfg.from_init_states:
                     init_index = (slot + attempt * cfg.episodes_per_task) % n_init
-                    fields, ok = record_episode(env, ScriptedExpert, None, init_index, cfg.qd_max)
+                    noise_rng = np.random.default_rng([cfg.seed, task_index, slot, attempt, 1])
+                    fields, ok = record_episode(env, ScriptedExpert, None, init_index, cfg.qd_max,
+                                                cfg.action_noise, noise_rng)
                     seed = init_index
                 else:
                     seed_t = (cfg.seed, task_index, slot, attempt)
-                    fields, ok = record_episode(env, ScriptedExpert, seed_t, None, cfg.qd_max)
+                    noise_rng = np.random.default_rng([*seed_t, 1])
+                    fields, ok = record_episode(env, ScriptedExpert, seed_t, None, cfg.qd_max,
+                                                cfg.action_noise, noise_rng)
                     seed = int(np.random.default_rng(list(seed_t)).integers(2**31))
                 if ok:
                     break
@@ -228,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-compress", action="store_true", help="write uncompressed episode files (fast to read)")
     p.add_argument("--qd-max", type=float, default=None,
                    help="cap the expert's joint speed (rad/s; 0.9 keeps under the node's UR3 default of 1.0)")
+    p.add_argument("--action-noise", type=float, default=0.0,
+                   help="DART perturbation of the executed arm targets, rad (std of an AR(1) noise; labels stay clean)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     cfg = DemoConfig(out=a.out, suite=a.suite, episodes_per_task=a.episodes_per_task, workers=a.workers,
@@ -235,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
                      formats=tuple(f for f in a.formats.split(",") if f), bag_episodes_per_task=a.bag_episodes_per_task,
                      chunk=a.chunk, from_init_states=a.from_init_states,
                      task_keys=tuple(k for k in a.tasks.split(",") if k), compress=not a.no_compress,
-                     qd_max=a.qd_max)
+                     qd_max=a.qd_max, action_noise=a.action_noise)
     report = generate(cfg)
     log.info("done in %.0f s: %s", report["wall_s"], json.dumps(report["per_task"]))
 

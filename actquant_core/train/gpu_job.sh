@@ -25,6 +25,7 @@
 # step count kept; the cosine restarts over the new time box).  The init dirs are then ignored.
 # TRAIN=pi05 or TRAIN=oft trains one policy only (it then has the GPU to itself).  QD_MAX=0.9 caps the
 # expert's joint speed (sim.demos --qd-max); unset = the data the bundled policies were trained on.
+# ACTION_NOISE=0.04 records DART-perturbed demonstrations (sim.demos --action-noise; labels stay the expert's).
 set -uo pipefail
 T_START=$(date +%s)
 DEADLINE=$(( T_START + ${JOB_BUDGET_S:-560} - 25 ))
@@ -47,7 +48,8 @@ if [ -f "$WORK/demos/demos_report.json" ]; then
     echo "demos: reusing $WORK/demos"
 else
     python3 -m actquant_core.sim.demos --suite all --episodes-per-task "$EPT" --out "$WORK/demos" --workers 15 \
-            --formats lerobot --no-compress ${QD_MAX:+--qd-max "$QD_MAX"} 2>&1 | tail -1 | cut -c1-300
+            --formats lerobot --no-compress ${QD_MAX:+--qd-max "$QD_MAX"} \
+            ${ACTION_NOISE:+--action-noise "$ACTION_NOISE"} 2>&1 | tail -1 | cut -c1-300
 fi
 cp "$WORK/demos/demos_report.json" "$OUT/" 2>/dev/null
 echo "demos: $(( $(date +%s) - t0 )) s"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -86,6 +88,37 @@ def test_expert_joint_speed_cap(key, init_index):
     assert speed(free) > QD_MAX_UR3, speed(free)
     with pytest.raises(ValueError, match="qd_max"):
         ScriptedExpert(None, get_task(key), qd_max=0.0)
+
+
+def test_dart_action_noise_perturbs_execution_not_labels():
+    """With action_noise the arm executes perturbed targets (AR(1), about the requested size, arm joints only)
+    while the recorded labels are the expert's own targets; the expert still succeeds; 0 executes the labels."""
+    from actquant_core.sim.demos import DemoConfig, record_episode
+
+    task = get_task("spatial/right_bowl")
+    env = SimEnv(task, SimEnvConfig(render=False))
+    try:
+        runs = {}
+        for noise in (0.0, 0.04):
+            executed = []
+            fields, ok = record_episode(env, ScriptedExpert, (3, 1, 0), None, None, noise,
+                                        np.random.default_rng(0), executed)
+            assert ok, f"expert failed with action_noise={noise}"
+            runs[noise] = (np.asarray(executed), fields["action"].astype(np.float64))
+        ex0, lab0 = runs[0.0]
+        np.testing.assert_allclose(ex0, lab0, atol=1e-6)
+        ex, lab = runs[0.04]
+        d = ex[:, :6] - lab[:, :6]
+        assert 0.02 < d.std() < 0.06, d.std()          # stationary std ~ 0.04 rad
+        assert np.abs(d).max() < 6 * 0.04
+        np.testing.assert_allclose(ex[:, 6], lab[:, 6], atol=1e-6)  # gripper untouched
+        assert np.corrcoef(d[:-1].ravel(), d[1:].ravel())[0, 1] > 0.5  # correlated in time
+        with pytest.raises(ValueError, match="noise_rng"):
+            record_episode(env, ScriptedExpert, (3, 1, 0), None, None, 0.04, None)
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="action_noise"):
+        DemoConfig(out=Path("/tmp/x"), action_noise=-0.1)
 
 
 @pytest.mark.parametrize("key,init_index", [("spatial/right_bowl", 3), ("goal/open_drawer", 0),
