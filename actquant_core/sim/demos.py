@@ -54,12 +54,15 @@ class DemoConfig:
         task_keys: restrict to these "<suite>/<name>" tasks (empty = every task of ``suite``).
         compress: zlib-compress the LeRobot-style episode files (off: ~5x larger, much faster to read back).
         qd_max: cap on the expert's joint speed (rad/s), None = uncapped.
-        action_noise: DART-style perturbation (rad): the arm executes the expert's joint targets plus an AR(1)
-            noise of this stationary standard deviation (correlation ``NOISE_RHO`` per step), while the recorded
-            action stays the expert's clean target. The demonstrations then visit states around the expert's
-            path with labels that lead back to it, which teaches a cloned policy to recover from its own drift.
-            0 = off (the data the bundled policies were trained on). Episodes the noise makes fail are retried
-            like any failed attempt.
+        action_noise: DART-style perturbation (rad): while the expert moves its set point, the arm executes
+            the expert's joint targets plus an AR(1) noise of this stationary standard deviation (correlation
+            ``NOISE_RHO`` per step), and the recorded action stays the expert's clean target. The
+            demonstrations then visit states around the expert's path with labels that lead back to it, which
+            teaches a cloned policy to recover from its own drift. Settle, gripper and hold steps execute the
+            clean target: perturbed there, the expert's settle check (measured TCP within 6 mm) never passes
+            and the data fills with long stationary stretches, which a cloned policy learns as "stay" (a first
+            run with noise everywhere scored 0/64). 0 = off (the data the bundled policies were trained on).
+            Episodes the noise makes fail are retried like any failed attempt.
     """
 
     out: Path
@@ -107,7 +110,8 @@ def record_episode(env, expert_cls, layout_seed: tuple[int, ...] | None, init_in
     """Run the expert once; returns (Episode fields dict, success).
 
     ``layout_seed`` draws a fresh layout (``sample_layout``); otherwise ``init_index`` picks a saved init
-    state. ``action_noise`` > 0 perturbs the executed arm targets (see ``DemoConfig.action_noise``; drawn
+    state. ``action_noise`` > 0 perturbs the executed arm targets while the expert is in motion (see
+    ``DemoConfig.action_noise``; drawn
     from ``noise_rng``); the recorded actions are the expert's. ``executed`` (a list) receives the commands
     actually sent.
     """
@@ -129,8 +133,9 @@ def record_episode(env, expert_cls, layout_seed: tuple[int, ...] | None, init_in
         actions.append(a.astype(np.float32))
         cmd = a
         if action_noise > 0:
-            cmd = a.copy()
-            cmd[:6] += n
+            if getattr(expert, "in_motion", True):
+                cmd = a.copy()
+                cmd[:6] += n
             n = NOISE_RHO * n + noise_rng.normal(0.0, innov, 6)
         if executed is not None:
             executed.append(cmd)

@@ -73,6 +73,7 @@ class ScriptedExpert:
         self.yaw_cmd = math.atan2(T[1, 1], T[0, 1])  # tool y axis in the xy plane
         self.grip = GRIP_OPEN
         self.done = False
+        self.in_motion = False  # the last action moved the set point (not a settle / gripper / hold step)
         self._script = self._run()
 
     # ------------------------------------------------------------------ public
@@ -117,6 +118,7 @@ class ScriptedExpert:
     def _move(self, target: np.ndarray, yaw: float, speed: float = FAST, settle_steps: int = 15) -> Iterator[None]:
         """Move the set point in a straight line to ``target`` [3] with tool yaw ``yaw``."""
         target = np.asarray(target, dtype=np.float64)
+        self.in_motion = True
         while True:
             d = target - self.p_cmd
             dist = float(np.linalg.norm(d))
@@ -129,6 +131,7 @@ class ScriptedExpert:
             yield
             if frac >= 1.0 and dist <= step and abs(dyaw) <= ystep:
                 break
+        self.in_motion = False
         for _ in range(settle_steps):
             if np.linalg.norm(self.world.tcp_transform()[:3, 3] - target) < POS_TOL:
                 break
