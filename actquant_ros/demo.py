@@ -57,10 +57,23 @@ def _run(cmd: list[str], what: str) -> None:
         raise RuntimeError(f"{what} failed with exit code {r.returncode}")
 
 
+def policy_digest(folder: Path) -> str:
+    """Short content hash of a policy folder's weights, config and norm stats (a retrained bundled policy must
+    not reuse a GGUF cached from the previous one)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.suffix in (".safetensors", ".json") and f.name != "train_log.json":
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:10]
+
+
 def build_policy(cache: Path, bpw: float, method: str, threads: int, policy: str = "oft") -> Path:
-    """ActQuant-quantized GGUF of a bundled policy (cached by policy, bpw and method)."""
+    """ActQuant-quantized GGUF of a bundled policy (cached by policy content, bpw and method)."""
     folder = POLICIES[policy][0]
-    out = cache / f"{folder.name}-{method}-{bpw:g}bpw.gguf"
+    out = cache / f"{folder.name}-{policy_digest(folder)}-{method}-{bpw:g}bpw.gguf"
     if out.exists():
         log.info("using cached %s", out)
         return out

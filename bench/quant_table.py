@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: --family -> random-weights preset (``random:<preset>:<seed>``)
 FAMILY_PRESETS = {"pi05": "pi05-small", "oft": "openvla-oft-small"}
 DEFAULT_BPW = (4.0, 3.5, 3.0, 2.5, 2.25)
+K_MENU = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 #: (row label, method, PipelineConfig overrides)
 VARIANTS = (
     ("actquant", "actquant", {}),
@@ -72,6 +73,9 @@ VARIANTS = (
     ("actquant+floor+gptq", "actquant", {"score_floor": 0.5, "compensate": "gptq"}),
     ("actquant+gptq", "actquant", {"compensate": "gptq"}),
     ("actquant+measured+floor+refine", "actquant", {"noise": "measured", "score_floor": 0.5, "refine": True}),
+    # the allocator over K-quants only (no IQ1/IQ2/IQ3 codebook types)
+    ("actquant+floor/k", "actquant", {"score_floor": 0.5, "menu": K_MENU}),
+    ("actquant+floor+gptq/k", "actquant", {"score_floor": 0.5, "compensate": "gptq", "menu": K_MENU}),
 )
 
 
