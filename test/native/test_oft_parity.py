@@ -54,6 +54,23 @@ def tiny(request, tmp_path_factory):
     return cfg, model, path
 
 
+def test_reused_graph_equals_a_fresh_one(tiny):
+    """The runtime reuses its last graph (no intermediates) while the token count is the same: each call must
+    equal a fresh runtime's bit for bit, across new inputs, another prompt length, a collecting call, and back."""
+    cfg, _, path = tiny
+    rt = OftRuntime(path, n_threads=1)
+    args = {"a": _obs_inputs(rt, cfg), "b": _obs_inputs(rt, cfg, seed=1),
+            "c": _obs_inputs(rt, cfg, seed=2, task="open the top drawer of the cabinet and put the bowl inside it")}
+    assert args["c"].input_ids.shape != args["a"].input_ids.shape
+    expected = {k: OftRuntime(path, n_threads=1).infer_model_inputs(v)[0] for k, v in args.items()}
+    for key, collect in [("a", ()), ("a", ()), ("b", ()), ("c", ()), ("b", ()), ("b", (STAGES_TINY[0],)),
+                         ("b", ()), ("a", ())]:
+        actions, _, inter = rt.infer_model_inputs(args[key], collect)
+        np.testing.assert_array_equal(actions, expected[key], err_msg=f"call {key} collect={collect}")
+        assert set(inter) == set(collect)
+    assert not np.array_equal(expected["a"], expected["b"])
+
+
 def test_stage_by_stage_f32(tiny):
     cfg, model, path = tiny
     rt = OftRuntime(path, n_threads=1)  # tiny graphs: one thread is robust on a loaded machine

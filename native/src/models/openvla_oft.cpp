@@ -105,6 +105,23 @@ std::vector<float> im2col(const float * images, int I, int S, int p, int c0) {
 
 }  // namespace
 
+// A built graph with its inputs and output (see infer: kept allocated and reused while the shapes match).
+struct OftGraph {
+    explicit OftGraph(size_t max_nodes) : G(max_nodes) {}
+    GraphContext G;
+    int T = 0;  // token count
+    ggml_tensor * in_pd = nullptr;
+    ggml_tensor * in_ps = nullptr;
+    ggml_tensor * in_tokens = nullptr;
+    ggml_tensor * in_keep = nullptr;
+    ggml_tensor * in_pos = nullptr;
+    ggml_tensor * in_proprio = nullptr;
+    ggml_tensor * in_film_w = nullptr;
+    ggml_tensor * actions = nullptr;
+};
+
+OftRuntime::~OftRuntime() = default;
+
 oft_hparams oft_default_hparams() { return oft_hparams{}; }
 
 OftRuntime::OftRuntime(const std::string & gguf_path, const oft_hparams & hp, const backend_params & bp) : hp_(hp) {
@@ -230,102 +247,113 @@ oft_outputs OftRuntime::infer(const oft_inputs & in, const std::vector<std::stri
     std::vector<int32_t> pos(L);
     for (int j = 0; j < L; ++j) pos[j] = j;
 
-    // ---- phase 1: build the graph (no allocation) ---------------------------------------------------
+    // ---- phase 1: build the graph (no allocation), or reuse the cached one -------------------------------
+    // As in pi05.cpp: a graph without collected intermediates is kept allocated and reused while the token
+    // count is the same (no rebuild / reallocation; on CUDA, a graph GGML can replay).
     auto t_build = clk::now();
-    GraphContext G(32768);
-    ggml_context * ctx = G.ctx();
-    ggml_cgraph * gf = G.graph();
-    ggml_tensor * in_pd = G.input("patches_dino", {3LL * p * p, P, I});
-    ggml_tensor * in_ps = G.input("patches_siglip", {3LL * p * p, P, I});
-    ggml_tensor * in_tokens = G.input("tokens", {T}, GGML_TYPE_I32);
-    ggml_tensor * in_keep = G.input("text_keep", {1, T});
-    ggml_tensor * in_pos = G.input("positions", {L}, GGML_TYPE_I32);
-    ggml_tensor * in_proprio = h.use_proprio ? G.input("proprio", {h.proprio_dim, 1}) : nullptr;
-    ggml_tensor * in_film_w = h.use_film ? G.input("film_weights", {T, 1}) : nullptr;
+    const bool reuse = collect.empty() && cache_ && cache_->T == T;
+    std::unique_ptr<OftGraph> fresh;
+    if (!reuse) {
+        cache_.reset();  // the backend's allocation is about to belong to the graph built now
+        fresh = std::make_unique<OftGraph>(32768);
+        fresh->T = T;
+        GraphContext & G = fresh->G;
+        ggml_context * ctx = G.ctx();
+        ggml_cgraph * gf = G.graph();
+        ggml_tensor * in_pd = fresh->in_pd = G.input("patches_dino", {3LL * p * p, P, I});
+        ggml_tensor * in_ps = fresh->in_ps = G.input("patches_siglip", {3LL * p * p, P, I});
+        ggml_tensor * in_tokens = fresh->in_tokens = G.input("tokens", {T}, GGML_TYPE_I32);
+        ggml_tensor * in_keep = fresh->in_keep = G.input("text_keep", {1, T});
+        ggml_tensor * in_pos = fresh->in_pos = G.input("positions", {L}, GGML_TYPE_I32);
+        ggml_tensor * in_proprio = fresh->in_proprio = h.use_proprio ? G.input("proprio", {h.proprio_dim, 1}) : nullptr;
+        ggml_tensor * in_film_w = fresh->in_film_w = h.use_film ? G.input("film_weights", {T, 1}) : nullptr;
 
-    ggml_tensor * txt = ggml_get_rows(ctx, m.get("lm.token_embd.weight"), in_tokens);  // [D, T]
-    ggml_tensor * film = nullptr;
-    if (h.use_film) {  // mean embedding of the non-action tokens: [D, 1]
-        film = ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, txt)), in_film_w);
-        layer_name(ctx, gf, film, keep("film_cond"), "film_cond");
+        ggml_tensor * txt = ggml_get_rows(ctx, m.get("lm.token_embd.weight"), in_tokens);  // [D, T]
+        ggml_tensor * film = nullptr;
+        if (h.use_film) {  // mean embedding of the non-action tokens: [D, 1]
+            film = ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, txt)), in_film_w);
+            layer_name(ctx, gf, film, keep("film_cond"), "film_cond");
     }
-    txt = ggml_mul(ctx, txt, in_keep);  // zeroed action embeddings
+        txt = ggml_mul(ctx, txt, in_keep);  // zeroed action embeddings
 
-    const vit_desc dd{"vd", h.d_width, h.d_depth, h.d_heads, h.d_mlp, h.d_registers, true, true, false};
-    const vit_desc sd{"vs", h.s_width, h.s_depth, h.s_heads, h.s_mlp, 0, false, false, h.siglip_gelu_tanh};
-    ggml_tensor * fd = vit_features(ctx, m, dd, in_pd, film, h.vit_ln_eps);  // [dw, P, I]
-    ggml_tensor * fs = vit_features(ctx, m, sd, in_ps, film, h.vit_ln_eps);  // [sw, P, I]
-    for (int im = 0; im < I; ++im) {
-        char n[64];
-        std::snprintf(n, sizeof(n), "dino_feat.%d", im);
-        if (keep(n)) layer_name(ctx, gf, ggml_view_2d(ctx, fd, h.d_width, P, fd->nb[1], im * fd->nb[2]), true, "%s", n);
-        std::snprintf(n, sizeof(n), "siglip_feat.%d", im);
-        if (keep(n)) layer_name(ctx, gf, ggml_view_2d(ctx, fs, h.s_width, P, fs->nb[1], im * fs->nb[2]), true, "%s", n);
+        const vit_desc dd{"vd", h.d_width, h.d_depth, h.d_heads, h.d_mlp, h.d_registers, true, true, false};
+        const vit_desc sd{"vs", h.s_width, h.s_depth, h.s_heads, h.s_mlp, 0, false, false, h.siglip_gelu_tanh};
+        ggml_tensor * fd = vit_features(ctx, m, dd, in_pd, film, h.vit_ln_eps);  // [dw, P, I]
+        ggml_tensor * fs = vit_features(ctx, m, sd, in_ps, film, h.vit_ln_eps);  // [sw, P, I]
+        for (int im = 0; im < I; ++im) {
+            char n[64];
+            std::snprintf(n, sizeof(n), "dino_feat.%d", im);
+            if (keep(n)) layer_name(ctx, gf, ggml_view_2d(ctx, fd, h.d_width, P, fd->nb[1], im * fd->nb[2]), true, "%s", n);
+            std::snprintf(n, sizeof(n), "siglip_feat.%d", im);
+            if (keep(n)) layer_name(ctx, gf, ggml_view_2d(ctx, fs, h.s_width, P, fs->nb[1], im * fs->nb[2]), true, "%s", n);
     }
-    ggml_tensor * feats = ggml_reshape_2d(ctx, ggml_concat(ctx, fd, fs, 0), (int64_t) h.d_width + h.s_width, (int64_t) P * I);
-    ggml_tensor * vis = ggml_gelu_erf(ctx, layer_linear(ctx, m.get("mm.fc1.weight"), m.get("mm.fc1.bias"), feats));
-    vis = ggml_gelu_erf(ctx, layer_linear(ctx, m.get("mm.fc2.weight"), m.get("mm.fc2.bias"), vis));
-    vis = layer_linear(ctx, m.get("mm.fc3.weight"), m.get("mm.fc3.bias"), vis);  // [D, I*P]
-    layer_name(ctx, gf, vis, keep("projector_out"), "projector_out");
-    ggml_build_forward_expand(gf, layer_name(ctx, gf, ggml_view_1d(ctx, vis, 1, 0), false, "stage:vision"));
-    if (h.use_proprio) {
-        ggml_tensor * pt = ggml_gelu_erf(ctx, layer_linear(ctx, m.get("proprio.fc1.weight"), m.get("proprio.fc1.bias"), in_proprio));
-        pt = layer_linear(ctx, m.get("proprio.fc2.weight"), m.get("proprio.fc2.bias"), pt);  // [D, 1]
-        layer_name(ctx, gf, pt, keep("proprio_emb"), "proprio_emb");
-        vis = ggml_concat(ctx, vis, pt, 1);
+        ggml_tensor * feats = ggml_reshape_2d(ctx, ggml_concat(ctx, fd, fs, 0), (int64_t) h.d_width + h.s_width, (int64_t) P * I);
+        ggml_tensor * vis = ggml_gelu_erf(ctx, layer_linear(ctx, m.get("mm.fc1.weight"), m.get("mm.fc1.bias"), feats));
+        vis = ggml_gelu_erf(ctx, layer_linear(ctx, m.get("mm.fc2.weight"), m.get("mm.fc2.bias"), vis));
+        vis = layer_linear(ctx, m.get("mm.fc3.weight"), m.get("mm.fc3.bias"), vis);  // [D, I*P]
+        layer_name(ctx, gf, vis, keep("projector_out"), "projector_out");
+        ggml_build_forward_expand(gf, layer_name(ctx, gf, ggml_view_1d(ctx, vis, 1, 0), false, "stage:vision"));
+        if (h.use_proprio) {
+            ggml_tensor * pt = ggml_gelu_erf(ctx, layer_linear(ctx, m.get("proprio.fc1.weight"), m.get("proprio.fc1.bias"), in_proprio));
+            pt = layer_linear(ctx, m.get("proprio.fc2.weight"), m.get("proprio.fc2.bias"), pt);  // [D, 1]
+            layer_name(ctx, gf, pt, keep("proprio_emb"), "proprio_emb");
+            vis = ggml_concat(ctx, vis, pt, 1);
     }
-    // [BOS][vision (+ proprio)][rest of the text]
-    ggml_tensor * bos = ggml_view_2d(ctx, txt, D, 1, txt->nb[1], 0);
-    ggml_tensor * rest = ggml_view_2d(ctx, txt, D, T - 1, txt->nb[1], txt->nb[1]);
-    ggml_tensor * x = ggml_concat(ctx, ggml_concat(ctx, ggml_cont(ctx, bos), vis, 1), ggml_cont(ctx, rest), 1);  // [D, L]
-    layer_name(ctx, gf, x, keep("input_emb"), "input_emb");
+        // [BOS][vision (+ proprio)][rest of the text]
+        ggml_tensor * bos = ggml_view_2d(ctx, txt, D, 1, txt->nb[1], 0);
+        ggml_tensor * rest = ggml_view_2d(ctx, txt, D, T - 1, txt->nb[1], txt->nb[1]);
+        ggml_tensor * x = ggml_concat(ctx, ggml_concat(ctx, ggml_cont(ctx, bos), vis, 1), ggml_cont(ctx, rest), 1);  // [D, L]
+        layer_name(ctx, gf, x, keep("input_emb"), "input_emb");
 
-    // Bidirectional Llama: no mask (one sequence, no pads), positions 0..L-1.
-    const int hd = D / h.n_heads;
-    const float attn_scale = 1.0f / std::sqrt((float) hd);
-    for (int i = 0; i < h.depth; ++i) {
-        auto W = [&](const char * n) { return m.get(blk("lm", i, n)); };
-        ggml_tensor * hN = layer_rms_norm(ctx, x, W("attn_norm.weight"), h.rms_eps);
-        ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_q.weight"), hN), hd, h.n_heads, L);
-        ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_k.weight"), hN), hd, h.n_kv_heads, L);
-        ggml_tensor * v = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_v.weight"), hN), hd, h.n_kv_heads, L);
-        q = ggml_rope_ext(ctx, q, in_pos, nullptr, hd, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
-        k = ggml_rope_ext(ctx, k, in_pos, nullptr, hd, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
-        ggml_tensor * a = layer_attention(ctx, q, k, v, nullptr, attn_scale);
-        x = ggml_add(ctx, x, ggml_mul_mat(ctx, W("attn_output.weight"), a));
-        hN = layer_rms_norm(ctx, x, W("ffn_norm.weight"), h.rms_eps);
-        hN = ggml_mul(ctx, ggml_silu(ctx, ggml_mul_mat(ctx, W("ffn_gate.weight"), hN)), ggml_mul_mat(ctx, W("ffn_up.weight"), hN));
-        x = ggml_add(ctx, x, ggml_mul_mat(ctx, W("ffn_down.weight"), hN));
+        // Bidirectional Llama: no mask (one sequence, no pads), positions 0..L-1.
+        const int hd = D / h.n_heads;
+        const float attn_scale = 1.0f / std::sqrt((float) hd);
+        for (int i = 0; i < h.depth; ++i) {
+            auto W = [&](const char * n) { return m.get(blk("lm", i, n)); };
+            ggml_tensor * hN = layer_rms_norm(ctx, x, W("attn_norm.weight"), h.rms_eps);
+            ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_q.weight"), hN), hd, h.n_heads, L);
+            ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_k.weight"), hN), hd, h.n_kv_heads, L);
+            ggml_tensor * v = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_v.weight"), hN), hd, h.n_kv_heads, L);
+            q = ggml_rope_ext(ctx, q, in_pos, nullptr, hd, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+            k = ggml_rope_ext(ctx, k, in_pos, nullptr, hd, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+            ggml_tensor * a = layer_attention(ctx, q, k, v, nullptr, attn_scale);
+            x = ggml_add(ctx, x, ggml_mul_mat(ctx, W("attn_output.weight"), a));
+            hN = layer_rms_norm(ctx, x, W("ffn_norm.weight"), h.rms_eps);
+            hN = ggml_mul(ctx, ggml_silu(ctx, ggml_mul_mat(ctx, W("ffn_gate.weight"), hN)), ggml_mul_mat(ctx, W("ffn_up.weight"), hN));
+            x = ggml_add(ctx, x, ggml_mul_mat(ctx, W("ffn_down.weight"), hN));
     }
-    x = layer_rms_norm(ctx, x, m.get("lm.output_norm.weight"), h.rms_eps);
-    ggml_tensor * ah = ggml_cont(ctx, ggml_view_2d(ctx, x, D, nA, x->nb[1], (size_t) (Nv + a0) * x->nb[1]));  // [D, nA]
-    layer_name(ctx, gf, ah, keep("action_hidden"), "action_hidden");
-    ggml_build_forward_expand(gf, layer_name(ctx, gf, ggml_view_1d(ctx, ah, 1, 0), false, "stage:llm"));
+        x = layer_rms_norm(ctx, x, m.get("lm.output_norm.weight"), h.rms_eps);
+        ggml_tensor * ah = ggml_cont(ctx, ggml_view_2d(ctx, x, D, nA, x->nb[1], (size_t) (Nv + a0) * x->nb[1]));  // [D, nA]
+        layer_name(ctx, gf, ah, keep("action_hidden"), "action_hidden");
+        ggml_build_forward_expand(gf, layer_name(ctx, gf, ggml_view_1d(ctx, ah, 1, 0), false, "stage:llm"));
 
-    // L1 regression head (MLP-ResNet) on [action_dim*D, chunk].
-    ggml_tensor * y = ggml_reshape_2d(ctx, ah, (int64_t) h.action_dim * D, h.chunk);
-    y = layer_norm(ctx, y, m.get("head.ln1.weight"), m.get("head.ln1.bias"), h.head_ln_eps);
-    y = ggml_relu(ctx, layer_linear(ctx, m.get("head.fc1.weight"), m.get("head.fc1.bias"), y));
-    for (int j = 0; j < h.head_blocks; ++j) {
-        ggml_tensor * r = layer_norm(ctx, y, m.get(blk("head", j, "ln.weight")), m.get(blk("head", j, "ln.bias")), h.head_ln_eps);
-        y = ggml_add(ctx, y, ggml_relu(ctx, layer_linear(ctx, m.get(blk("head", j, "fc.weight")), m.get(blk("head", j, "fc.bias")), r)));
+        // L1 regression head (MLP-ResNet) on [action_dim*D, chunk].
+        ggml_tensor * y = ggml_reshape_2d(ctx, ah, (int64_t) h.action_dim * D, h.chunk);
+        y = layer_norm(ctx, y, m.get("head.ln1.weight"), m.get("head.ln1.bias"), h.head_ln_eps);
+        y = ggml_relu(ctx, layer_linear(ctx, m.get("head.fc1.weight"), m.get("head.fc1.bias"), y));
+        for (int j = 0; j < h.head_blocks; ++j) {
+            ggml_tensor * r = layer_norm(ctx, y, m.get(blk("head", j, "ln.weight")), m.get(blk("head", j, "ln.bias")), h.head_ln_eps);
+            y = ggml_add(ctx, y, ggml_relu(ctx, layer_linear(ctx, m.get(blk("head", j, "fc.weight")), m.get(blk("head", j, "fc.bias")), r)));
     }
-    y = layer_norm(ctx, y, m.get("head.ln2.weight"), m.get("head.ln2.bias"), h.head_ln_eps);
-    y = layer_linear(ctx, m.get("head.fc2.weight"), m.get("head.fc2.bias"), y);  // [A, chunk]
-    ggml_tensor * actions = G.output(y, "actions");
+        y = layer_norm(ctx, y, m.get("head.ln2.weight"), m.get("head.ln2.bias"), h.head_ln_eps);
+        y = layer_linear(ctx, m.get("head.fc2.weight"), m.get("head.fc2.bias"), y);  // [A, chunk]
+        fresh->actions = G.output(y, "actions");
+        if (ggml_graph_n_nodes(gf) >= (int) G.max_nodes()) throw Error("openvla_oft: graph exceeds its node budget");
+    }
+    OftGraph & OG = reuse ? *cache_ : *fresh;
+    ggml_cgraph * gf = OG.G.graph();
     const double build_ms = ms_since(t_build);
-    if (ggml_graph_n_nodes(gf) >= (int) G.max_nodes()) throw Error("openvla_oft: graph exceeds its node budget");
 
-    // ---- phase 2: allocate, set inputs -------------------------------------------------------------
+    // ---- phase 2: allocate (a new graph only), set inputs ----------------------------------------------
     auto t_alloc = clk::now();
-    backend_->alloc(gf, G.max_nodes());
-    tensor_set_f32(in_pd, patches_d.data(), patches_d.size());
-    tensor_set_f32(in_ps, patches_s.data(), patches_s.size());
-    ggml_backend_tensor_set(in_tokens, in.tokens, 0, sizeof(int32_t) * T);
-    tensor_set_f32(in_keep, text_keep.data(), text_keep.size());
-    ggml_backend_tensor_set(in_pos, pos.data(), 0, sizeof(int32_t) * L);
-    if (in_proprio) tensor_set_f32(in_proprio, in.proprio, h.proprio_dim);
-    if (in_film_w) tensor_set_f32(in_film_w, film_w.data(), film_w.size());
+    if (!reuse) backend_->alloc(gf, OG.G.max_nodes());
+    tensor_set_f32(OG.in_pd, patches_d.data(), patches_d.size());
+    tensor_set_f32(OG.in_ps, patches_s.data(), patches_s.size());
+    ggml_backend_tensor_set(OG.in_tokens, in.tokens, 0, sizeof(int32_t) * T);
+    tensor_set_f32(OG.in_keep, text_keep.data(), text_keep.size());
+    ggml_backend_tensor_set(OG.in_pos, pos.data(), 0, sizeof(int32_t) * L);
+    if (OG.in_proprio) tensor_set_f32(OG.in_proprio, in.proprio, h.proprio_dim);
+    if (OG.in_film_w) tensor_set_f32(OG.in_film_w, film_w.data(), film_w.size());
     const double alloc_ms = ms_since(t_alloc);
 
     // ---- phase 3: compute ------------------------------------------------------------------------
@@ -338,8 +366,9 @@ oft_outputs OftRuntime::infer(const oft_inputs & in, const std::vector<std::stri
 
     oft_outputs out;
     out.actions.resize((size_t) h.chunk * h.action_dim);
-    tensor_get_f32(actions, out.actions.data(), out.actions.size());
+    tensor_get_f32(OG.actions, out.actions.data(), out.actions.size());
     layer_read_outputs(gf, collect, "openvla_oft", out.intermediates, out.shapes);
+    if (fresh && collect.empty()) cache_ = std::move(fresh);
     out.timing_ms["build"] = build_ms;
     out.timing_ms["alloc"] = alloc_ms;
     out.timing_ms["compute"] = compute_ms;

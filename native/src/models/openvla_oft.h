@@ -48,9 +48,12 @@ struct oft_outputs {
     std::map<std::string, double> timing_ms;  // "build", "alloc", "vision", "llm", "head", "compute", "total"
 };
 
+struct OftGraph;
+
 class OftRuntime {
 public:
     OftRuntime(const std::string & gguf_path, const oft_hparams & hp, const backend_params & bp);
+    ~OftRuntime();
     const oft_hparams & hparams() const { return hp_; }
     const GgufModel & model() const { return *model_; }
     const Backend & backend() const { return *backend_; }
@@ -62,6 +65,7 @@ private:
     oft_hparams hp_;
     std::unique_ptr<Backend> backend_;
     std::unique_ptr<GgufModel> model_;
+    std::unique_ptr<OftGraph> cache_;  // last graph without collected intermediates, allocated on backend_
     void validate_tensors() const;
 };
 
