@@ -60,6 +60,7 @@ def main() -> int:
     from quant_table import VARIANTS  # row labels -> (method, PipelineConfig overrides), shared with the quant table
 
     variants = {label: (m, o) for label, m, o in VARIANTS}
+    skipped: list[dict] = []
     for label in [m for m in args.methods.split(",") if m]:
         if label not in variants:
             raise SystemExit(f"unknown method/variant {label!r}; known: {sorted(variants)}")
@@ -74,10 +75,15 @@ def main() -> int:
                 runs.append({"method": label, "bpw_target": bpw, "gguf": out, "quantize_s": None,
                              "bpw_backbone": ps.get("bpw_backbone"), "bpw_whole": ps.get("bpw_whole")})
                 continue
-            res = quantize_policy(str(args.checkpoint), args.calib, bpw, method, out,
-                                  config=PipelineConfig(**{"calib_frames": args.calib_frames, "report": False,
-                                                           "scope": args.scope, "n_threads": args.quant_threads,
-                                                           **overrides}))
+            try:
+                res = quantize_policy(str(args.checkpoint), args.calib, bpw, method, out,
+                                      config=PipelineConfig(**{"calib_frames": args.calib_frames, "report": False,
+                                                               "scope": args.scope, "n_threads": args.quant_threads,
+                                                               **overrides}))
+            except ValueError as e:  # e.g. a budget below the method's cheapest type: a row says so, the table goes on
+                log.warning("%s @ %g bpw: %s", label, bpw, e)
+                skipped.append({"method": label, "bpw_target": bpw, "status": str(e)})
+                continue
             runs.append({"method": label, "bpw_target": bpw, "gguf": out, "quantize_s": time.time() - t0,
                          "bpw_backbone": res.plan.bpw_backbone, "bpw_whole": res.plan.bpw_whole})
     table: list[dict] = []
@@ -89,6 +95,7 @@ def main() -> int:
         "episodes_per_task": args.episodes,
         "suite": args.suite,
         "rows": table,
+        "skipped": skipped,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for r in runs:
