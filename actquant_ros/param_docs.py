@@ -23,7 +23,7 @@ import difflib
 import logging
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from actquant_ros.echo_node import EchoConfig
 from actquant_ros.policy_node import PolicyNodeConfig
 from actquant_ros.quantizer_node import QuantizerConfig
 from actquant_ros.sim_camera_node import SimCameraConfig
-from actquant_ros.transport.params import ParameterError, ParameterSpec, ParameterStore
+from actquant_ros.transport.params import ParameterError, ParameterSpec, ParameterStore, StoreBackedParameters
 
 __all__ = [
     "NodeParams",
@@ -83,7 +83,7 @@ NODES: tuple[NodeParams, ...] = (
 )
 
 
-class RecordingNode:
+class RecordingNode(StoreBackedParameters):
     """The parameter half of ``transport.base.Node``, recording each declaration (no DDS, no rclpy).
 
     Values are what a node without overrides gets: the defaults, coerced and validated as on the DDS
@@ -93,24 +93,10 @@ class RecordingNode:
     def __init__(self, name: str = "param_docs") -> None:
         self.name = name
         self.namespace = ""
-        self._store = ParameterStore()
+        self._params = ParameterStore()
 
-    def declare_parameter(
-        self,
-        name: str,
-        default: Any = None,
-        description: str = "",
-        validator: Callable[[Any], Any] | None = None,
-        type_: str | type | None = None,
-    ) -> Any:
-        """As ``Node.declare_parameter``; records the spec and returns the default."""
-        return self._store.declare(ParameterSpec.make(name, default, description, validator, type_))
-
-    def get_parameter(self, name: str) -> Any:
-        return self._store.get(name)
-
-    def set_parameter(self, name: str, value: Any) -> Any:
-        return self._store.set(name, value)
+    # declare_parameter (records the spec, returns the default) / get_parameter / set_parameter:
+    # StoreBackedParameters, as on the DDS backend's node
 
     def get_logger(self) -> logging.Logger:
         return logging.getLogger(f"{__name__}.{self.name}")
@@ -118,7 +104,7 @@ class RecordingNode:
     @property
     def specs(self) -> list[ParameterSpec]:
         """Declared parameters in declaration order."""
-        return [self._store.spec(n) for n in self._store.names()]
+        return [self._params.spec(n) for n in self._params.names()]
 
 
 def declared_parameters(config: type) -> list[ParameterSpec]:

@@ -35,7 +35,7 @@ from cyclonedds.topic import Topic
 from actquant_core import constants as C
 from actquant_ros.cdr_codec import FAST_CODECS
 from actquant_ros.transport.base import Node, make_logger, resolve_topic
-from actquant_ros.transport.params import ParameterSpec, ParameterStore
+from actquant_ros.transport.params import ParameterStore, StoreBackedParameters
 from actquant_ros.transport.qos import QOS_DEFAULT, QoSProfile
 
 __all__ = ["DdsNode", "DdsPublisher", "DdsSubscription", "DdsTimer", "dds_qos", "dds_topic_name", "codec_for"]
@@ -187,7 +187,7 @@ class DdsTimer:
         return True
 
 
-class DdsNode(Node):
+class DdsNode(StoreBackedParameters, Node):
     """A node on a Cyclone DDS participant (see the module docstring).
 
     Args:
@@ -289,25 +289,7 @@ class DdsNode(Node):
         return timer
 
     # -- parameters ---------------------------------------------------------------------------------
-    def declare_parameter(
-        self,
-        name: str,
-        default: Any = None,
-        description: str = "",
-        validator: Callable[[Any], Any] | None = None,
-        type_: str | type | None = None,
-    ) -> Any:
-        return self._params.declare(ParameterSpec.make(name, default, description, validator, type_))
-
-    def get_parameter(self, name: str) -> Any:
-        return self._params.get(name)
-
-    def set_parameter(self, name: str, value: Any) -> Any:
-        return self._params.set(name, value)
-
-    def parameter_spec(self, name: str) -> ParameterSpec:
-        """The declaration (type, default, description) of a parameter."""
-        return self._params.spec(name)
+    # declare_parameter / get_parameter / set_parameter / parameter_spec: StoreBackedParameters
 
     def undeclared_overrides(self) -> list[str]:
         """Overrides given (file / CLI) for names never declared — usually typos."""

@@ -346,3 +346,30 @@ def parse_ros_args(argv: Sequence[str]) -> RosArgs:
         else:
             raise ParameterError(f"--ros-args: unsupported argument {a!r} (supported: -p, --params-file, -r, --log-level)")
     return RosArgs(tuple(sources), remaps, node_name, namespace, tuple(remaining))
+
+
+class StoreBackedParameters:
+    """``Node``'s parameter methods over a :class:`ParameterStore` in ``self._params`` (the DDS backend's node
+    and the parameter-docs recorder share them)."""
+
+    _params: ParameterStore
+
+    def declare_parameter(
+        self,
+        name: str,
+        default: Any = None,
+        description: str = "",
+        validator: Callable[[Any], Any] | None = None,
+        type_: str | type | None = None,
+    ) -> Any:
+        return self._params.declare(ParameterSpec.make(name, default, description, validator, type_))
+
+    def get_parameter(self, name: str) -> Any:
+        return self._params.get(name)
+
+    def set_parameter(self, name: str, value: Any) -> Any:
+        return self._params.set(name, value)
+
+    def parameter_spec(self, name: str) -> ParameterSpec:
+        """The declaration (type, default, description) of a parameter."""
+        return self._params.spec(name)
