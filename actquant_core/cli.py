@@ -136,6 +136,9 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise", choices=("bits", "measured"), default="bits",
                    help="allocator noise model (actquant): 2^(-2b) per type (paper) or each type's measured relative "
                         "Fisher-weighted error on each tensor (one quantization per tensor and menu type)")
+    p.add_argument("--stage2", choices=("fisher", "plain"), default="fisher",
+                   help="actquant without --compensate: quantize the allocated types with the Fisher as GGML "
+                        "importance (paper) or with GGML's plain quantizer where the type allows it")
     p.add_argument("--compensate", choices=("none", "gptq"), default="none",
                    help="quantizer of actquant's allocated tensors: GGML's with Fisher importance (paper) or GPTQ error "
                         "compensation at each tensor's allocated type")
@@ -176,7 +179,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                                         device=args.device))
     cfg = PipelineConfig(method=args.method, bpw=args.bpw, scope=args.scope, menu=menu, vision_type=args.vision_type,
                          solver=args.solver, refine=args.refine, inactive=args.inactive, score=args.score,
-                         score_floor=args.score_floor, noise=args.noise, compensate=args.compensate, calib_frames=args.calib_frames,
+                         score_floor=args.score_floor, noise=args.noise, compensate=args.compensate, stage2=args.stage2, calib_frames=args.calib_frames,
                          split=args.split, holdout_every=args.holdout_every, seed=args.seed, calib=calib,
                          n_threads=args.threads, report=not args.no_report,
                          gptq=GptqConfig(percdamp=args.gptq_damp, max_cols=args.gptq_max_cols,

@@ -73,6 +73,7 @@ VARIANTS = (
     ("actquant+floor+gptq", "actquant", {"score_floor": 0.5, "compensate": "gptq"}),
     ("actquant+gptq", "actquant", {"compensate": "gptq"}),
     ("actquant+measured+floor+refine", "actquant", {"noise": "measured", "score_floor": 0.5, "refine": True}),
+    ("actquant+floor+plain", "actquant", {"score_floor": 0.5, "stage2": "plain"}),
     # the allocator over K-quants only (no IQ1/IQ2/IQ3 codebook types)
     ("actquant+floor/k", "actquant", {"score_floor": 0.5, "menu": K_MENU}),
     ("actquant+floor+gptq/k", "actquant", {"score_floor": 0.5, "compensate": "gptq", "menu": K_MENU}),

@@ -130,6 +130,11 @@ class PipelineConfig:
             the Fisher as per-row importance, the paper's stage 2) or "gptq" (beyond the paper: GPTQ's
             Hessian error compensation on GGML's grids at each tensor's allocated type, activation importance
             as GGML's quant weights; tensors GPTQ cannot take fall back as in method gptq).
+        stage2: quantizer of the allocated tensors of method actquant without compensation: "fisher" (the paper's
+            stage 2: GGML's quantizer with the per-element Fisher as importance) or "plain" (GGML's quantizer
+            without importance, as RTN, for every type that does not require one; IQ1/IQ2_XXS/IQ2_XS keep the
+            Fisher). Same types, same bytes per tensor; on pi05-small-sim plain is better at 3.5 / 3 bpw and
+            worse at 2.5 / 2.25 (bench/results/quant_table_stage2.json), so "fisher" stays the default.
         refine_config: refinement settings.
         gptq: :class:`~.gptq.GptqConfig` of method ``gptq`` (damping, Gram column limit, solve device).
         calib_frames: frames sampled from the calibration source (seeded reservoir).
@@ -155,6 +160,7 @@ class PipelineConfig:
     score_floor: float = 0.0
     noise: str = "bits"
     compensate: str = "none"
+    stage2: str = "fisher"
     refine_config: RefineConfig = field(default_factory=RefineConfig)
     gptq: GptqConfig = field(default_factory=GptqConfig)
     calib_frames: int = 256
@@ -186,6 +192,10 @@ class PipelineConfig:
             raise ValueError(f"PipelineConfig.noise={self.noise!r}; expected 'bits' or 'measured'")
         if self.compensate not in ("none", "gptq"):
             raise ValueError(f"PipelineConfig.compensate={self.compensate!r}; expected 'none' or 'gptq'")
+        if self.stage2 not in ("fisher", "plain"):
+            raise ValueError(f"PipelineConfig.stage2={self.stage2!r}; expected 'fisher' or 'plain'")
+        if self.stage2 != "fisher" and (self.method != "actquant" or self.compensate != "none"):
+            raise ValueError("PipelineConfig.stage2='plain' is a setting of method 'actquant' without compensation")
         if self.compensate != "none" and self.method != "actquant":
             raise ValueError(f"PipelineConfig.compensate={self.compensate!r} is a setting of method 'actquant', not {self.method!r}")
         if self.noise == "measured" and self.method != "actquant":
@@ -488,6 +498,17 @@ def _actquant_part(adapter: PolicyAdapter, specs: list[TensorSpec], ac: AllocCon
               "inactive": sorted(dead_types), "live_budget_bpw": live_budget})
 
 
+def _plain_stage2(plan: QuantPlan) -> QuantPlan:
+    """The plan with GGML's plain quantizer (no importance) for every Fisher-importance entry whose type allows it."""
+    from actquant_core import native
+
+    entries = tuple(
+        replace(e, importance="none", reason=f"{e.reason}; plain GGML quantizer (stage2 plain)")
+        if e.importance == "fisher" and not native.type_traits(e.ggml_type)["requires_importance"] else e
+        for e in plan.entries)
+    return replace(plan, entries=entries, meta={**plan.meta, "stage2": "plain"})
+
+
 def build_plan(
     adapter: PolicyAdapter,
     cfg: PipelineConfig,
@@ -528,6 +549,8 @@ def build_plan(
         if cfg.compensate == "gptq":
             part = with_gptq(part, cfg.gptq, fallback="plain (Fisher importance)")
             part = replace(part, meta={**part.meta, "compensate": "gptq"})
+        elif cfg.stage2 == "plain":
+            part = _plain_stage2(part)
     elif m == "hsic-only":
         part = plan_hsic_only(specs, ac)
     elif m == "rtn":

@@ -186,3 +186,31 @@ def test_measured_noise_allocation(adapter):
         return sum(v * v for v in S.values())
 
     assert objective(measured) <= objective(paper) * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("bpw", [2.25, 3.0])
+def test_stage2_plain_drops_importance_only_where_the_type_allows(adapter, bpw):
+    """stage2 "plain": same types as the paper's plan; importance "none" for every allocated tensor whose GGML type
+    can be quantized without one, the Fisher kept for the types that require it (IQ1 / IQ2_XXS / IQ2_XS)."""
+    from actquant_core import native
+
+    cal = _fake_calibration(adapter)
+    paper = build_plan(adapter, PipelineConfig(method="actquant", bpw=bpw), cal)
+    plain = build_plan(adapter, PipelineConfig(method="actquant", bpw=bpw, stage2="plain"), cal)
+    assert paper.type_map() == plain.type_map()
+    for e in plain.entries:
+        p = paper.entry(e.name)
+        if p.importance != "fisher" or not (e.role == "linear" and e.name.startswith("lm.")):  # not allocated
+            assert e == p, e.name
+        elif native.type_traits(e.ggml_type)["requires_importance"]:
+            assert e.importance == "fisher", e.name
+        else:
+            assert e.importance == "none" and "stage2 plain" in e.reason, e.name
+    assert plain.meta["stage2"] == "plain"
+    assert any(e.importance == "none" and e.role == "linear" for e in plain.entries)
+    with pytest.raises(ValueError, match="stage2"):
+        PipelineConfig(method="actquant", stage2="none")
+    with pytest.raises(ValueError, match="stage2"):
+        PipelineConfig(method="rtn", stage2="plain")
+    with pytest.raises(ValueError, match="stage2"):
+        PipelineConfig(method="actquant", stage2="plain", compensate="gptq")
