@@ -179,7 +179,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                                         device=args.device))
     cfg = PipelineConfig(method=args.method, bpw=args.bpw, scope=args.scope, menu=menu, vision_type=args.vision_type,
                          solver=args.solver, refine=args.refine, inactive=args.inactive, score=args.score,
-                         score_floor=args.score_floor, noise=args.noise, compensate=args.compensate, stage2=args.stage2, calib_frames=args.calib_frames,
+                         score_floor=args.score_floor, noise=args.noise, compensate=args.compensate,
+                         stage2=args.stage2, calib_frames=args.calib_frames,
                          split=args.split, holdout_every=args.holdout_every, seed=args.seed, calib=calib,
                          n_threads=args.threads, report=not args.no_report,
                          gptq=GptqConfig(percdamp=args.gptq_damp, max_cols=args.gptq_max_cols,

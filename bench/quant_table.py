@@ -45,13 +45,14 @@ from pathlib import Path
 
 import numpy as np
 
+from actquant_core.quant.pipeline import K_QUANTS  # the RTN baseline's menu
+
 log = logging.getLogger("bench.quant_table")
 
 ROOT = Path(__file__).resolve().parents[1]
 #: --family -> random-weights preset (``random:<preset>:<seed>``)
 FAMILY_PRESETS = {"pi05": "pi05-small", "oft": "openvla-oft-small"}
 DEFAULT_BPW = (4.0, 3.5, 3.0, 2.5, 2.25)
-K_MENU = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
 #: (row label, method, PipelineConfig overrides)
 VARIANTS = (
     ("actquant", "actquant", {}),
@@ -75,8 +76,8 @@ VARIANTS = (
     ("actquant+measured+floor+refine", "actquant", {"noise": "measured", "score_floor": 0.5, "refine": True}),
     ("actquant+floor+plain", "actquant", {"score_floor": 0.5, "stage2": "plain"}),
     # the allocator over K-quants only (no IQ1/IQ2/IQ3 codebook types)
-    ("actquant+floor/k", "actquant", {"score_floor": 0.5, "menu": K_MENU}),
-    ("actquant+floor+gptq/k", "actquant", {"score_floor": 0.5, "compensate": "gptq", "menu": K_MENU}),
+    ("actquant+floor/k", "actquant", {"score_floor": 0.5, "menu": K_QUANTS}),
+    ("actquant+floor+gptq/k", "actquant", {"score_floor": 0.5, "compensate": "gptq", "menu": K_QUANTS}),
 )
 
 

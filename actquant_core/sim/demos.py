@@ -111,9 +111,8 @@ def record_episode(env, expert_cls, layout_seed: tuple[int, ...] | None, init_in
 
     ``layout_seed`` draws a fresh layout (``sample_layout``); otherwise ``init_index`` picks a saved init
     state. ``action_noise`` > 0 perturbs the executed arm targets while the expert is in motion (see
-    ``DemoConfig.action_noise``; drawn
-    from ``noise_rng``); the recorded actions are the expert's. ``executed`` (a list) receives the commands
-    actually sent.
+    ``DemoConfig.action_noise``; drawn from ``noise_rng``); the recorded actions are the expert's.
+    ``executed`` (a list) receives the commands actually sent.
     """
     task = env.task
     obs = env.reset(init_index, layout_seed=layout_seed)
@@ -165,15 +164,14 @@ def _job(args: tuple) -> list[dict]:
         for slot in slots:
             ep_index = task_index * cfg.episodes_per_task + slot
             for attempt in range(MAX_ATTEMPTS):
+                seed_t = (cfg.seed, task_index, slot, attempt)
+                noise_rng = np.random.default_rng([*seed_t, 1])
                 if cfg.from_init_states:
                     init_index = (slot + attempt * cfg.episodes_per_task) % n_init
-                    noise_rng = np.random.default_rng([cfg.seed, task_index, slot, attempt, 1])
                     fields, ok = record_episode(env, ScriptedExpert, None, init_index, cfg.qd_max,
                                                 cfg.action_noise, noise_rng)
                     seed = init_index
                 else:
-                    seed_t = (cfg.seed, task_index, slot, attempt)
-                    noise_rng = np.random.default_rng([*seed_t, 1])
                     fields, ok = record_episode(env, ScriptedExpert, seed_t, None, cfg.qd_max,
                                                 cfg.action_noise, noise_rng)
                     seed = int(np.random.default_rng(list(seed_t)).integers(2**31))
