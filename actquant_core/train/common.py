@@ -70,9 +70,82 @@ def _read_shard(args: tuple[Path, int, int, int, tuple[str, ...]]) -> list:
 
 
 def read_episodes_at(root: Path, image_size: int, cameras: tuple[str, ...], workers: int = 1,
-                     max_episodes: int | None = None) -> list:
+                     max_episodes: int | None = None, cache_dir: Path | str | None = None) -> list:
     """Episodes of a LeRobot-style dataset with camera frames area-downsampled to ``image_size``, read by
-    ``workers`` processes in parallel (decompression dominates); dataset order is kept."""
+    ``workers`` processes in parallel (decompression dominates); dataset order is kept.
+
+    ``cache_dir`` (default: ``$ACTQUANT_FRAME_CACHE``, unset = no cache): the downsampled episodes are saved
+    there as raw ``.npy`` arrays on the first read and memory-mapped on later reads of the same dataset (its
+    meta files' size and mtime must match), so a resumed training run does not decode the dataset again."""
+    import os
+
+    cache_dir = cache_dir if cache_dir is not None else os.environ.get("ACTQUANT_FRAME_CACHE") or None
+    if cache_dir is not None:
+        cached = _load_frame_cache(Path(cache_dir), Path(root), image_size, cameras)
+        if cached is not None:
+            return cached[: max_episodes or None]
+    eps = _read_episodes(Path(root), image_size, cameras, workers)
+    if cache_dir is not None:
+        _save_frame_cache(Path(cache_dir), Path(root), image_size, cameras, eps)
+    return eps[: max_episodes or None]
+
+
+def _cache_key(root: Path, image_size: int, cameras: tuple[str, ...]) -> tuple[str, dict]:
+    import hashlib
+    import json
+
+    meta = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted((root / "meta").glob("*"))
+            if p.is_file()}
+    ident = {"root": str(root.resolve()), "image_size": image_size, "cameras": list(cameras), "meta": meta}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16], ident
+
+
+def _save_frame_cache(cache: Path, root: Path, image_size: int, cameras: tuple[str, ...], eps: list) -> None:
+    import json
+
+    from actquant_core.sim.episodes import Episode
+
+    key, ident = _cache_key(root, image_size, cameras)
+    d = cache / key
+    tmp = cache / f"{key}.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    for c in cameras:
+        np.save(tmp / f"img_{c}.npy", np.concatenate([e.images[c] for e in eps]))
+    np.save(tmp / "state.npy", np.concatenate([e.state for e in eps]).astype(np.float32))
+    np.save(tmp / "action.npy", np.concatenate([e.action for e in eps]).astype(np.float32))
+    fields = [f for f in Episode.__dataclass_fields__ if f not in ("images", "state", "action", "action_chunks")]
+    rows = [{f: getattr(e, f) for f in fields} | {"length": len(e.state)} for e in eps]
+    (tmp / "episodes.json").write_text(json.dumps({"ident": ident, "episodes": rows},
+                                                     default=lambda o: o.item()))
+    tmp.rename(d)
+    log.info("frame cache written: %s (%d episodes)", d, len(eps))
+
+
+def _load_frame_cache(cache: Path, root: Path, image_size: int, cameras: tuple[str, ...]) -> list | None:
+    import json
+
+    from actquant_core.sim.episodes import Episode
+
+    key, ident = _cache_key(root, image_size, cameras)
+    d = cache / key
+    if not (d / "episodes.json").is_file():
+        return None
+    meta = json.loads((d / "episodes.json").read_text())
+    if meta["ident"] != ident:
+        return None
+    imgs = {c: np.load(d / f"img_{c}.npy", mmap_mode="r") for c in cameras}
+    state, action = np.load(d / "state.npy"), np.load(d / "action.npy")
+    eps, t = [], 0
+    for row in meta["episodes"]:
+        n = row.pop("length")
+        eps.append(Episode(images={c: imgs[c][t:t + n] for c in cameras}, state=state[t:t + n],
+                           action=action[t:t + n], **row))
+        t += n
+    log.info("frame cache read: %s (%d episodes)", d, len(eps))
+    return eps
+
+
+def _read_episodes(root: Path, image_size: int, cameras: tuple[str, ...], workers: int) -> list:
     n = max(1, workers)
     if n == 1:
         eps = _read_shard((Path(root), 0, 1, image_size, cameras))
@@ -85,7 +158,7 @@ def read_episodes_at(root: Path, image_size: int, cameras: tuple[str, ...], work
         for k, shard in enumerate(shards):
             for j, ep in enumerate(shard):
                 eps[k + j * n] = ep
-    return eps[: max_episodes or None]
+    return eps
 
 
 def camera_frames(ep, cameras: tuple[str, ...], image_size: int) -> np.ndarray:

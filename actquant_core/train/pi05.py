@@ -107,6 +107,21 @@ def quantile_stats(x: np.ndarray) -> FeatureStats:
     return FeatureStats(mean=mean, std=std, q01=q01, q99=q99)
 
 
+def stats_not_covering(old: NormStats, new: NormStats, tol: float = 0.25) -> list[str]:
+    """Dims where ``new``'s q01/q99 lie more than ``tol`` × old's q99 − q01 range outside ``old``'s (e.g. a
+    joint the expert never moved, range ~1e-4 rad, that DART-perturbed data now moves by ±0.04 rad):
+    reusing ``old`` there would map the data to values of ±100 in the quantile-normalised space."""
+    bad = []
+    for name in ("state", "actions"):
+        o, n = getattr(old, name), getattr(new, name)
+        oq01, oq99 = np.asarray(o.q01, np.float64), np.asarray(o.q99, np.float64)
+        nq01, nq99 = np.asarray(n.q01, np.float64), np.asarray(n.q99, np.float64)
+        slack = tol * (oq99 - oq01) + 1e-6
+        for d in np.nonzero((nq01 < oq01 - slack) | (nq99 > oq99 + slack))[0]:
+            bad.append(f"{name}[{d}] [{nq01[d]:.4g}, {nq99[d]:.4g}] vs [{oq01[d]:.4g}, {oq99[d]:.4g}]")
+    return bad
+
+
 class FrameDataset:
     """All frames of a dataset in memory: uint8 images at the policy's resolution, tokens, normalised
     state and action chunks.  Camera frames larger than ``cfg.image_size`` are downsampled with
@@ -133,8 +148,15 @@ class FrameDataset:
         rel = actions.copy()
         k = cfg.delta_action_dims
         rel[..., :k] -= state[:, None, :k]  # statistics of what the model predicts
-        self.norm_stats = norm_stats or NormStats(
-            state=quantile_stats(state), actions=quantile_stats(rel.reshape(-1, ROBOT_DIMS)))
+        fresh = NormStats(state=quantile_stats(state), actions=quantile_stats(rel.reshape(-1, ROBOT_DIMS)))
+        self.norm_stats = fresh
+        if norm_stats is not None:
+            bad = stats_not_covering(norm_stats, fresh)
+            if bad:  # openpi's quantile map does not clip: a dim far outside the old range explodes the loss
+                log.warning("the warm start's norm stats do not cover this data (%s); using the data's own",
+                            ", ".join(bad))
+            else:
+                self.norm_stats = norm_stats
         pre = Pi05Preprocessor(cfg, tokenizer, self.norm_stats)
         self.actions = pre.normalize_actions(actions, state)  # [N, H, 32] (delta dims relative to the state)
         toks, masks = [], []

@@ -115,6 +115,26 @@ def test_sharded_parallel_reading_keeps_order_and_downsamples(tmp_path):
         np.testing.assert_array_equal(a.action, b.action)
 
 
+def test_frame_cache_round_trips_and_is_invalidated_by_a_changed_dataset(tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    _write_dataset(data)
+    first = read_episodes_at(data, S // 2, SIM_CAMERAS, cache_dir=cache)
+    assert len(list(cache.iterdir())) == 1
+    again = read_episodes_at(data, S // 2, SIM_CAMERAS, cache_dir=cache)  # memory-mapped from the cache
+    assert isinstance(again[0].images[SIM_CAMERAS[0]], np.memmap)
+    assert [e.index for e in again] == [e.index for e in first]
+    for a, b in zip(again, first):
+        assert (a.instruction, a.key, a.success, a.seed, a.fps) == (b.instruction, b.key, b.success, b.seed, b.fps)
+        np.testing.assert_array_equal(a.state, b.state)
+        np.testing.assert_array_equal(a.action, b.action)
+        for c in SIM_CAMERAS:
+            np.testing.assert_array_equal(a.images[c], b.images[c])
+    assert len(read_episodes_at(data, S // 2, SIM_CAMERAS, max_episodes=2, cache_dir=cache)) == 2
+    _write_dataset(data, n_episodes=3)  # rewritten dataset (meta changes): a new cache entry, new content
+    got = read_episodes_at(data, S // 2, SIM_CAMERAS, cache_dir=cache)
+    assert len(got) == 3 and len(list(cache.iterdir())) == 2
+
+
 def test_warm_start_at_another_image_size_resamples_position_embedding(tmp_path):
     from actquant_core.policies.common.normalize import FeatureStats, NormStats
     from actquant_core.policies.common.tokenizer import SentencePieceTokenizer
@@ -140,6 +160,34 @@ def test_warm_start_at_another_image_size_resamples_position_embedding(tmp_path)
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ValueError, match="more than image_size"):
         tpi.load_trained(tmp_path, target=cfg.replace(image_size=16, lm_mlp=cfg.lm_mlp * 2))
+
+
+def test_warm_start_norm_stats_are_replaced_when_they_do_not_cover_the_data(tmp_path, caplog):
+    """A warm start keeps its norm stats only while they cover the new data: a joint the old expert never
+    moved (range ~1e-4 rad) that perturbed (DART) data now moves by centimetres would otherwise be
+    normalised to values of +-100 (openpi's quantile map does not clip) and swamp the loss."""
+    from actquant_core.policies.common.tokenizer import SentencePieceTokenizer
+    from actquant_core.policies.pi05.config import get_preset
+    from actquant_core.train import pi05 as tpi
+
+    cfg = get_preset("pi05-tiny").replace(image_size=S)
+    tok = SentencePieceTokenizer.small()
+    eps = _write_dataset(tmp_path)
+    own = tpi.FrameDataset(eps, cfg, tok).norm_stats
+    assert tpi.stats_not_covering(own, own) == []
+    kept = tpi.FrameDataset(eps, cfg, tok, norm_stats=own)  # same data: the given stats are used
+    assert kept.norm_stats is own
+    narrow = type(own)(state=own.state, actions=type(own.actions)(
+        mean=own.actions.mean, std=own.actions.std, q01=own.actions.q01.copy(), q99=own.actions.q99.copy()))
+    narrow.actions.q01[4] = narrow.actions.q99[4] - 1e-4  # joint 5 "never moved" in the old data
+    bad = tpi.stats_not_covering(narrow, own)
+    assert len(bad) == 1 and bad[0].startswith("actions[4]")
+    with caplog.at_level("WARNING", logger="actquant.train.pi05"):
+        ds = tpi.FrameDataset(eps, cfg, tok, norm_stats=narrow)
+    assert "do not cover" in caplog.text and ds.norm_stats is not narrow
+    np.testing.assert_array_equal(ds.norm_stats.actions.q01, own.actions.q01)
+    assert np.abs(ds.actions[..., :7]).max() < 2.0  # the data's own stats: no exploded targets
+    assert np.abs(tpi.FrameDataset(eps, cfg, tok, norm_stats=own).actions[..., :7]).max() < 2.0
 
 
 def test_tiny_pi05_and_oft_train_then_export_and_run(tmp_path):
