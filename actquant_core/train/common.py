@@ -109,6 +109,7 @@ def _save_frame_cache(cache: Path, root: Path, image_size: int, cameras: tuple[s
     d = cache / key
     tmp = cache / f"{key}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
+    cameras = tuple(c for c in cameras if eps and c in eps[0].images)  # slots the dataset does not record
     for c in cameras:
         np.save(tmp / f"img_{c}.npy", np.concatenate([e.images[c] for e in eps]))
     np.save(tmp / "state.npy", np.concatenate([e.state for e in eps]).astype(np.float32))
@@ -133,12 +134,12 @@ def _load_frame_cache(cache: Path, root: Path, image_size: int, cameras: tuple[s
     meta = json.loads((d / "episodes.json").read_text())
     if meta["ident"] != ident:
         return None
-    imgs = {c: np.load(d / f"img_{c}.npy", mmap_mode="r") for c in cameras}
+    imgs = {c: np.load(d / f"img_{c}.npy", mmap_mode="r") for c in cameras if (d / f"img_{c}.npy").is_file()}
     state, action = np.load(d / "state.npy"), np.load(d / "action.npy")
     eps, t = [], 0
     for row in meta["episodes"]:
         n = row.pop("length")
-        eps.append(Episode(images={c: imgs[c][t:t + n] for c in cameras}, state=state[t:t + n],
+        eps.append(Episode(images={c: v[t:t + n] for c, v in imgs.items()}, state=state[t:t + n],
                            action=action[t:t + n], **row))
         t += n
     log.info("frame cache read: %s (%d episodes)", d, len(eps))
