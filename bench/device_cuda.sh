@@ -4,6 +4,9 @@
 #   bash bench/device_cuda.sh latency    bench/pi05_latency.py: native CUDA per weight type vs torch bf16 on the GPU
 #   bash bench/device_cuda.sh pipeline   bench/actquant_pipeline.py: ActQuant wall time, real size, 256 frames
 #   bash bench/device_cuda.sh gpu-tests  the gpu-marked tests (CUDA parity, CUDA graph replay) of test/native
+#   bash bench/device_cuda.sh sim-table  bench/sim_table.py on the machine's 16 CPU cores (CPU build, EGL rendering;
+#        carry .gl too): POLICY=<trained folder> METHODS=a,b BPW=4,3 EPISODES=2 NAME=<json name>; rows are kept in
+#        .devrun/<NAME> and resumed by the next call on a warm machine (LIMIT_S bounds one call)
 # Results (JSON + logs) in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -20,6 +23,14 @@ build() {
     && nice cmake --build .devrun/build-cuda --target _native -j ${BUILD_JOBS:-16} >> "$OUT/cuda_build.log" 2>&1
   local rc=$?; echo "cuda build rc=$rc in $(( $(date +%s) - t0 )) s"; tail -3 "$OUT/cuda_build.log"; return $rc
 }
+cpu_build() {
+  ls actquant_core/_native*312*.so >/dev/null 2>&1 && [ -f .devrun/build-cpu/CMakeCache.txt ] \
+    && { echo "cpu build: present"; return 0; }
+  CC=/usr/bin/gcc CXX=/usr/bin/g++ ACTQUANT_CACHE_DIR=$PWD/.cache cmake -S native -B .devrun/build-cpu \
+    -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE=$(which python3) -DACTQUANT_NATIVE_OUTPUT_DIR=$PWD/actquant_core \
+    > "$OUT/cpu_build.log" 2>&1 && cmake --build .devrun/build-cpu --target _native -j 16 >> "$OUT/cpu_build.log" 2>&1
+  local rc=$?; echo "cpu build rc=$rc in $(( $(date +%s) - t0 )) s"; tail -3 "$OUT/cpu_build.log"; return $rc
+}
 case "${1:-}" in
   build) build ;;
   latency)
@@ -35,6 +46,18 @@ case "${1:-}" in
   gpu-tests)
     build || exit 1
     timeout ${LIMIT_S:-300} python3 -m pytest -q -m gpu test/native -p no:cacheprovider 2>&1 | tail -15 ;;
-  *) echo "usage: $0 build|latency|pipeline|gpu-tests"; exit 2 ;;
+  sim-table)
+    cpu_build || exit 1
+    for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+    export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json MUJOCO_GL=egl
+    [ -f .devrun/calib/demos_report.json ] || python3 -m actquant_core.sim.demos --suite all --episodes-per-task 1 \
+      --seed 1000 --out .devrun/calib --workers 15 --formats lerobot 2>&1 | tail -1 | cut -c1-200
+    NAME=${NAME:-sim_table.json}; mkdir -p .devrun/tables
+    timeout ${LIMIT_S:-540} python3 bench/sim_table.py --checkpoint "$POLICY" --calib .devrun/calib/lerobot \
+      --methods "$METHODS" --bpw "${BPW:-4,3.5,3,2.5,2.25}" --episodes "${EPISODES:-2}" --workers 15 --quant-threads 16 \
+      --work ".devrun/work-$(basename "$POLICY")" --reuse --resume --out ".devrun/tables/$NAME" 2>&1 \
+      | grep -v -i "warn\|eligib\|INFO"
+    cp ".devrun/tables/$NAME" "$OUT/" ;;
+  *) echo "usage: $0 build|latency|pipeline|gpu-tests|sim-table"; exit 2 ;;
 esac
 echo "device_cuda.sh $1: $(( $(date +%s) - t0 )) s"

@@ -3,7 +3,8 @@
 For a trained policy: full precision (F16 GGUF) and every (method, bpw) requested are quantized through the
 same pipeline and exporter, then each GGUF runs the same episodes (saved init states 0..episodes-1 of every
 task) through the native runtime. Prints and saves bench/results/sim_table.json (success per suite and overall
-with Wilson 95 % intervals, bpw, file size, latency).
+with Wilson 95 % intervals, bpw, file size, latency). Each row is quantized, evaluated and saved before the
+next one starts, so a run cut off by a time limit keeps its rows; ``--resume`` continues it.
 
     python bench/sim_table.py --checkpoint actquant_core/assets/policies/openvla-oft-small-sim --calib DEMOS/lerobot \
         --methods actquant,rtn,imatrix --bpw 4,3,2.5 --episodes 3 --workers 14
@@ -39,6 +40,8 @@ def main() -> int:
     ap.add_argument("--quant-threads", type=int, default=None, help="GGML quantization threads")
     ap.add_argument("--reuse", action="store_true", help="reuse GGUFs already in --work")
     ap.add_argument("--skip-fp", action="store_true", help="no full-precision row")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the rows already in --out (same checkpoint and settings) and run only the missing ones")
     ap.add_argument("--work", type=Path, default=Path("build/sim_table"))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sim_table.json")
     args = ap.parse_args()
@@ -48,45 +51,8 @@ def main() -> int:
     from actquant_core.sim.evaluate import EvalConfig, evaluate
 
     args.work.mkdir(parents=True, exist_ok=True)
-    runs: list[dict] = []
-    fp = args.work / "fp16.gguf"
-    if not fp.exists():  # either family's trained folder (pi05-small-sim, openvla-oft-small-sim)
-        export_reference(load_policy(str(args.checkpoint)), fp, "F16")
-    if not args.skip_fp:
-        runs.append({"method": "fp16", "bpw_target": 16.0, "gguf": fp, "quantize_s": 0.0})
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from quant_table import VARIANTS  # row labels -> (method, PipelineConfig overrides), shared with the quant table
-
-    variants = {label: (m, o) for label, m, o in VARIANTS}
-    skipped: list[dict] = []
-    for label in [m for m in args.methods.split(",") if m]:
-        if label not in variants:
-            raise SystemExit(f"unknown method/variant {label!r}; known: {sorted(variants)}")
-        method, overrides = variants[label]
-        for bpw in [float(b) for b in args.bpw.split(",") if b]:
-            out = args.work / f"{label.replace('/', '_')}-{bpw:g}.gguf"
-            t0 = time.time()
-            if out.exists() and args.reuse:
-                from actquant_core.gguf import read_policy_gguf
-
-                ps = read_policy_gguf(out).plan_summary or {}
-                runs.append({"method": label, "bpw_target": bpw, "gguf": out, "quantize_s": None,
-                             "bpw_backbone": ps.get("bpw_backbone"), "bpw_whole": ps.get("bpw_whole")})
-                continue
-            try:
-                res = quantize_policy(str(args.checkpoint), args.calib, bpw, method, out,
-                                      config=PipelineConfig(**{"calib_frames": args.calib_frames, "report": False,
-                                                               "scope": args.scope, "n_threads": args.quant_threads,
-                                                               **overrides}))
-            except ValueError as e:  # e.g. a budget below the method's cheapest type: a row says so, the table goes on
-                log.warning("%s @ %g bpw: %s", label, bpw, e)
-                skipped.append({"method": label, "bpw_target": bpw, "status": str(e)})
-                continue
-            runs.append({"method": label, "bpw_target": bpw, "gguf": out, "quantize_s": time.time() - t0,
-                         "bpw_backbone": res.plan.bpw_backbone, "bpw_whole": res.plan.bpw_whole})
     table: list[dict] = []
+    skipped: list[dict] = []
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
         "checkpoint": str(args.checkpoint),
@@ -97,8 +63,58 @@ def main() -> int:
         "rows": table,
         "skipped": skipped,
     }
+    if args.resume and args.out.exists():  # rows of an earlier (cut-off) run of the same table are kept
+        old = json.loads(args.out.read_text())
+        same = {k: old.get(k) for k in ("checkpoint", "scope", "calib_frames", "episodes_per_task", "suite")}
+        if same != {k: result[k] for k in same}:
+            raise SystemExit(f"--resume: {args.out} is another table ({same})")
+        table += old["rows"]
+        skipped += old.get("skipped", [])
+    done = {(r["method"], r["bpw_target"]) for r in table} | {(r["method"], r["bpw_target"]) for r in skipped}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for r in runs:
+
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from quant_table import VARIANTS  # row labels -> (method, PipelineConfig overrides), shared with the quant table
+
+    variants = {label: (m, o) for label, m, o in VARIANTS}
+    todo: list[tuple[str, float]] = [] if args.skip_fp else [("fp16", 16.0)]
+    for label in [m for m in args.methods.split(",") if m]:
+        if label not in variants:
+            raise SystemExit(f"unknown method/variant {label!r}; known: {sorted(variants)}")
+        todo += [(label, float(b)) for b in args.bpw.split(",") if b]
+    for label, bpw in todo:
+        if (label, bpw) in done:
+            continue
+        t0 = time.time()
+        if label == "fp16":
+            out = args.work / "fp16.gguf"
+            if not out.exists():  # either family's trained folder (pi05-small-sim, openvla-oft-small-sim)
+                export_reference(load_policy(str(args.checkpoint)), out, "F16")
+            r = {"method": "fp16", "bpw_target": 16.0, "gguf": out, "quantize_s": 0.0}
+        else:
+            method, overrides = variants[label]
+            out = args.work / f"{label.replace('/', '_')}-{bpw:g}.gguf"
+            if out.exists() and args.reuse:
+                from actquant_core.gguf import read_policy_gguf
+
+                ps = read_policy_gguf(out).plan_summary or {}
+                r = {"method": label, "bpw_target": bpw, "gguf": out, "quantize_s": None,
+                     "bpw_backbone": ps.get("bpw_backbone"), "bpw_whole": ps.get("bpw_whole")}
+            else:
+                try:
+                    res = quantize_policy(str(args.checkpoint), args.calib, bpw, method, out,
+                                          config=PipelineConfig(**{"calib_frames": args.calib_frames, "report": False,
+                                                                   "scope": args.scope, "n_threads": args.quant_threads,
+                                                                   **overrides}))
+                except ValueError as e:  # e.g. a budget below the method's cheapest type: the row says so
+                    log.warning("%s @ %g bpw: %s", label, bpw, e)
+                    skipped.append({"method": label, "bpw_target": bpw, "status": str(e)})
+                    args.out.write_text(json.dumps(result, indent=1))
+                    continue
+                r = {"method": label, "bpw_target": bpw, "gguf": out, "quantize_s": time.time() - t0,
+                     "bpw_backbone": res.plan.bpw_backbone, "bpw_whole": res.plan.bpw_whole}
         ev = evaluate(EvalConfig(gguf=str(r["gguf"]), suite=args.suite, episodes=args.episodes,
                                  workers=args.workers, threads=1))
         row = {k: (str(v) if isinstance(v, Path) else v) for k, v in r.items()}
