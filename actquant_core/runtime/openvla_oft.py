@@ -100,6 +100,9 @@ class OftRuntime:
         pixels = inputs.pixels[0].reshape(c.num_images, 6, c.image_size, c.image_size)
         return self._rt.infer(pixels, inputs.proprio[0], inputs.input_ids[0].astype(np.int32), list(collect))
 
+    def reseed(self, seed) -> None:
+        """No-op: OpenVLA-OFT's parallel decoding draws no noise (kept for the runtimes' common interface)."""
+
     def infer(self, obs: Observation) -> ActionChunk:
         """Observation (images by slot name, proprio in ``state``, instruction) -> unnormalised action chunk."""
         t0 = time.perf_counter()

@@ -63,6 +63,10 @@ class Pi05Runtime:
     def backend(self) -> str:
         return self._rt.backend
 
+    def reseed(self, seed: int | np.random.SeedSequence) -> None:
+        """Restart the noise stream (the flow-matching start noise of every later call) from ``seed``."""
+        self._rng = np.random.default_rng(seed)
+
     def sample_noise(self) -> np.ndarray:
         c = self.config
         return self._rng.standard_normal((c.action_horizon, c.action_dim)).astype(np.float32)

@@ -94,6 +94,7 @@ def _run_jobs(args: tuple[EvalConfig, list[tuple[str, int]]]) -> list[EpisodeRes
         if env is None:
             env = envs[key] = SimEnv(get_task(key), SimEnvConfig(model=cfg.model))
         obs = env.reset(init_index=idx)
+        rt.reseed(episode_seed(cfg.seed, key, idx))  # results independent of how episodes are split over workers
         frames = []
         res = EpisodeResult(task=key, init_index=idx, success=False, steps=0, policy_calls=0)
         done = False
@@ -118,6 +119,14 @@ def _run_jobs(args: tuple[EvalConfig, list[tuple[str, int]]]) -> list[EpisodeRes
     for env in envs.values():
         env.close()
     return out
+
+
+def episode_seed(seed: int, task: str, init_index: int) -> np.random.SeedSequence:
+    """The policy's noise seed for one episode: a function of (run seed, task, init state) only, so an episode
+    draws the same noise whichever worker runs it and whatever ran before it there."""
+    import zlib
+
+    return np.random.SeedSequence([seed, zlib.crc32(task.encode()), init_index])
 
 
 def sim_images_to_slots(images: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
