@@ -42,11 +42,10 @@ POLICIES = {  # --policy: (bundled trained folder, node params file, GGUF family
              C.PI05_FAMILY, 8),
 }
 CONFIG_DIR = ROOT / "config"
-# The scripted experts the bundled policies learned from move the simulated UR3's joints at up to ~5 rad/s; the
-# node's conservative defaults for real hardware (qd_max 1 rad/s, config/ur3.yaml) would make the arm lag the
-# policy's chunks so much that grasps miss (0/4).  The demo runs the simulated arm at the UR controller's own
-# limits instead (ur_rtde: 3.14 rad/s, 40 rad/s^2); --node-param overrides them.
-DEMO_NODE_PARAMS = ("qd_max:=3.14", "qdd_max:=40.0", "max_step_rad:=0.05")
+# The bundled policies learned from a speed-capped expert (joint targets <= 0.9 rad/s, `sim.demos --qd-max 0.9`), so
+# the demo runs the node with its real-hardware safety defaults (config/ur3.yaml: qd_max 1 rad/s, qdd_max 5 rad/s^2,
+# max_step_rad 0.03); --node-param overrides them.
+DEMO_NODE_PARAMS: tuple[str, ...] = ()
 DEFAULT_TASKS = ("goal/open_drawer", "spatial/left_bowl", "object/red_cube_bowl", "goal/cube_on_plate")
 
 

@@ -539,6 +539,17 @@ class PolicyNode:
         obs = self._synchronised_inputs(now)
         return None if obs is None or self._instruction_missing(obs.instruction) else obs
 
+    def _gripper_state(self, st, joints: tuple[np.ndarray, float] | None, now: float) -> float:
+        """Gripper entry of the state when the arm is the state source: the measured opening from the joint topic
+        (``gripper_joint``) while a fresh message carries it, else the arm's gripper output (0/1).  The policies
+        learn from the measured opening: it falls gradually while the fingers close and stops above 0 on an
+        object; the output jumps to 0 at the command, which reads as "grasped" before the fingers got there."""
+        if joints is not None:
+            g, stamp = float(joints[0][-1]), joints[1]
+            if math.isfinite(g) and now - stamp <= self.cfg.joint_timeout_s + self.cfg.sync_tolerance_s:
+                return g
+        return float(st.gripper) if math.isfinite(st.gripper) else 0.0
+
     def _synchronised_inputs(self, now: float) -> Observation | None:
         """``build_observation`` without the instruction check (None: an input is missing, stale or unsynced)."""
         cfg = self.cfg
@@ -553,7 +564,7 @@ class PolicyNode:
             st = self.loop.latest_state() if self.loop is not None else None
             if st is None:
                 return None
-            state = st.q if not cfg.gripper_joint else np.concatenate([st.q, [st.gripper if math.isfinite(st.gripper) else 0.0]])
+            state = st.q if not cfg.gripper_joint else np.concatenate([st.q, [self._gripper_state(st, joints, now)]])
             joint_stamp = st.stamp
         else:
             if joints is None:

@@ -162,3 +162,23 @@ def test_no_instruction_no_motion_then_chunks_over_dds(caplog):
     started = [r for r in caplog.records if "policy calls start" in r.getMessage()]
     assert len(started) == 1, [r.getMessage() for r in caplog.records]
     assert any("waiting for an instruction" in r.getMessage() for r in caplog.records)  # said at activate
+
+
+# -- gripper entry of the state with the arm as the state source ------------------------------------------
+def test_gripper_state_is_the_measured_opening_while_the_joint_topic_is_fresh(bare_node):
+    """With ``arm:=rtde``/``sim`` the joints come from the arm, whose gripper value is the digital output
+    (0/1).  The measured opening on the joint topic (fresh) replaces it: the policies learned from the opening,
+    which falls gradually while the fingers close and stays above 0 on an object; the output's jump to 0 reads
+    as "grasped" at the command (the cause of the demo's 0/4 with a 96 % policy)."""
+    from types import SimpleNamespace
+
+    pn = _ready_node(bare_node)  # the joint topic said: opening 0.5, received just now
+    arm = SimpleNamespace(gripper=0.0)  # output switched to "closed"
+    now = time.monotonic()
+    assert pn._gripper_state(arm, pn._latest.joints, now) == pytest.approx(0.5)
+    stale = now + pn.cfg.joint_timeout_s + pn.cfg.sync_tolerance_s + 0.01
+    assert pn._gripper_state(arm, pn._latest.joints, stale) == 0.0  # stale topic: the arm's output
+    assert pn._gripper_state(arm, None, now) == 0.0  # no topic at all
+    q = np.concatenate([np.array(START_Q), [np.nan]])  # a JointState without the gripper joint
+    assert pn._gripper_state(SimpleNamespace(gripper=1.0), (q, now), now) == 1.0
+    assert pn._gripper_state(SimpleNamespace(gripper=float("nan")), None, now) == 0.0
