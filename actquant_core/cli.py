@@ -136,9 +136,11 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise", choices=("bits", "measured"), default="bits",
                    help="allocator noise model (actquant): 2^(-2b) per type (paper) or each type's measured relative "
                         "Fisher-weighted error on each tensor (one quantization per tensor and menu type)")
-    p.add_argument("--stage2", choices=("fisher", "plain"), default="fisher",
+    p.add_argument("--stage2", choices=("fisher", "plain", "best"), default="fisher",
                    help="actquant without --compensate: quantize the allocated types with the Fisher as GGML "
-                        "importance (paper) or with GGML's plain quantizer where the type allows it")
+                        "importance (paper), with GGML's plain quantizer where the type allows it, or per tensor "
+                        "the best of Fisher / plain / activation importance / GPTQ by the layer-output error on "
+                        "the calibration inputs (best)")
     p.add_argument("--compensate", choices=("none", "gptq"), default="none",
                    help="quantizer of actquant's allocated tensors: GGML's with Fisher importance (paper) or GPTQ error "
                         "compensation at each tensor's allocated type")

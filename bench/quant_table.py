@@ -75,6 +75,7 @@ VARIANTS = (
     ("actquant+gptq", "actquant", {"compensate": "gptq"}),
     ("actquant+measured+floor+refine", "actquant", {"noise": "measured", "score_floor": 0.5, "refine": True}),
     ("actquant+floor+plain", "actquant", {"score_floor": 0.5, "stage2": "plain"}),
+    ("actquant+floor+best", "actquant", {"score_floor": 0.5, "stage2": "best"}),
     # the allocator over K-quants only (no IQ1/IQ2/IQ3 codebook types)
     ("actquant+floor/k", "actquant", {"score_floor": 0.5, "menu": K_QUANTS}),
     ("actquant+floor+gptq/k", "actquant", {"score_floor": 0.5, "compensate": "gptq", "menu": K_QUANTS}),
@@ -161,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     shapes = {t.name: t.shape for t in adapter.tensor_table()}
     gptq_cfg = GptqConfig(device=args.device if str(args.device).startswith("cuda") else "cpu")
     gram_all = ([n for n in specs_all if shapes[n][-1] <= gptq_cfg.max_cols]
-                if any((v[1] == "gptq" or v[2].get("compensate") == "gptq") and v[0] in set(args.variants.split(","))
+                if any((v[1] == "gptq" or v[2].get("compensate") == "gptq" or v[2].get("stage2") == "best")
+                       and v[0] in set(args.variants.split(","))
                        for v in VARIANTS) else [])
     t0 = time.perf_counter()
     cal = calibrate(adapter, frames, calib_cfg, hsic_targets=specs_all, importance_targets=specs_all,

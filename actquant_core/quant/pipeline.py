@@ -82,6 +82,7 @@ __all__ = [
 ]
 
 METHODS = C.QUANT_METHODS
+STAGE2_MODES = ("fisher", "plain", "best")
 #: methods whose allocation needs HSIC scores / activation importance / Fisher importance
 _NEEDS_HSIC = ("actquant", "hsic-only")
 _NEEDS_ACTIVATION = ("imatrix", "generic", "hsic-only", "gptq")
@@ -135,6 +136,11 @@ class PipelineConfig:
             without importance, as RTN, for every type that does not require one; IQ1/IQ2_XXS/IQ2_XS keep the
             Fisher). Same types, same bytes per tensor; on pi05-small-sim plain is better at 3.5 / 3 bpw and
             worse at 2.5 / 2.25 (bench/results/quant_table_stage2.json), so "fisher" stays the default.
+            "best" (beyond the paper): per tensor, the Fisher-importance bytes, the plain quantizer's (where the
+            type allows it), the activation-importance (imatrix) bytes and GPTQ's at the allocated type, keeping
+            the one with the smallest layer-output error on the calibration inputs, ``tr(ΔW G ΔWᵀ)`` with the
+            Gram ``G = XᵀX`` (collected for every allocated linear tensor). The plan records each choice, so
+            ``--plan`` re-applies it.
         refine_config: refinement settings.
         gptq: :class:`~.gptq.GptqConfig` of method ``gptq`` (damping, Gram column limit, solve device).
         calib_frames: frames sampled from the calibration source (seeded reservoir).
@@ -192,10 +198,10 @@ class PipelineConfig:
             raise ValueError(f"PipelineConfig.noise={self.noise!r}; expected 'bits' or 'measured'")
         if self.compensate not in ("none", "gptq"):
             raise ValueError(f"PipelineConfig.compensate={self.compensate!r}; expected 'none' or 'gptq'")
-        if self.stage2 not in ("fisher", "plain"):
-            raise ValueError(f"PipelineConfig.stage2={self.stage2!r}; expected 'fisher' or 'plain'")
+        if self.stage2 not in STAGE2_MODES:
+            raise ValueError(f"PipelineConfig.stage2={self.stage2!r}; expected one of {STAGE2_MODES}")
         if self.stage2 != "fisher" and (self.method != "actquant" or self.compensate != "none"):
-            raise ValueError("PipelineConfig.stage2='plain' is a setting of method 'actquant' without compensation")
+            raise ValueError(f"PipelineConfig.stage2={self.stage2!r} is a setting of method 'actquant' without compensation")
         if self.compensate != "none" and self.method != "actquant":
             raise ValueError(f"PipelineConfig.compensate={self.compensate!r} is a setting of method 'actquant', not {self.method!r}")
         if self.noise == "measured" and self.method != "actquant":
@@ -498,6 +504,60 @@ def _actquant_part(adapter: PolicyAdapter, specs: list[TensorSpec], ac: AllocCon
               "inactive": sorted(dead_types), "live_budget_bpw": live_budget})
 
 
+def output_error(W: np.ndarray, Wq: np.ndarray, gram) -> float:
+    """``tr(ΔW G ΔWᵀ) / n``: the mean squared layer-output error over the calibration inputs (Gram ``G = XᵀX``
+    over ``n`` rows), ``ΔW = W − Wq`` ``[rows, cols]``."""
+    D = np.asarray(W, np.float64) - np.asarray(Wq, np.float64)
+    return float(np.einsum("rc,rc->", D @ np.asarray(gram.gram, np.float64), D)) / max(int(gram.n), 1)
+
+
+def best_stage2(plan: QuantPlan, weights: Mapping[str, np.ndarray], quantized: dict[str, tuple[str, bytes]],
+                calibration: CalibrationResult, gptq_cfg, ggml) -> tuple[QuantPlan, dict[str, tuple[str, bytes]]]:
+    """Stage 2 "best": for every Fisher-importance entry with a Gram, the candidate with the smallest
+    :func:`output_error` among Fisher importance (the bytes in ``quantized``), plain (no importance, where the
+    type allows it), activation importance and GPTQ, all at the entry's type.  Returns the plan with each
+    choice recorded (importance, ``meta["gptq_tensors"]``, reason) and the updated bytes."""
+    from actquant_core import native
+
+    from .gptq import gptq_eligible, gptq_tensors
+
+    grams = calibration.gram or {}
+    act = calibration.activation_importance or {}
+    entries, gptq_chosen, counts = [], [], {}
+    quantized = dict(quantized)
+    for e in plan.entries:
+        if e.importance != "fisher" or e.name not in grams:
+            entries.append(e)
+            continue
+        t = e.ggml_type
+        W = np.asarray(weights[e.name], np.float32).reshape(-1, e.shape[-1])
+        cands: dict[str, bytes] = {"fisher": quantized[e.name][1]}
+        if not native.type_traits(t)["requires_importance"]:
+            cands["none"] = ggml(W, t, None)
+        if e.name in act:
+            cands["activation"] = ggml(W, t, act[e.name])
+            if gptq_eligible(t, e.shape, gptq_cfg) is None:
+                data, status = gptq_tensors({e.name: W}, {e.name: t}, {e.name: grams[e.name]}, act, gptq_cfg, ggml,
+                                            native.dequantize)
+                if status[e.name] == "gptq":
+                    cands["gptq"] = data[e.name]
+        errs = {k: output_error(W, native.dequantize(b, t, W.shape), grams[e.name]) for k, b in cands.items()}
+        best = min(errs, key=lambda k: (errs[k], k != "fisher"))  # ties keep the paper's choice
+        counts[best] = counts.get(best, 0) + 1
+        quantized[e.name] = (t, cands[best])
+        why = f"; stage2 best: {best} (output error {errs[best]:.6g}, Fisher {errs['fisher']:.6g})"
+        if best == "gptq":
+            gptq_chosen.append(e.name)
+            entries.append(replace(e, importance="activation", reason=e.reason + why + "; GPTQ"))
+        else:
+            entries.append(replace(e, importance=best, reason=e.reason + why))
+    log.info("stage2 best: %s", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no candidate tensor")
+    meta = {**plan.meta, "stage2": "best", "stage2_choices": counts}
+    if gptq_chosen:
+        meta.update(gptq_tensors=gptq_chosen, gptq_percdamp=gptq_cfg.percdamp)
+    return replace(plan, entries=tuple(entries), meta=meta), quantized
+
+
 def _plain_stage2(plan: QuantPlan) -> QuantPlan:
     """The plan with GGML's plain quantizer (no importance) for every Fisher-importance entry whose type allows it."""
     from actquant_core import native
@@ -730,10 +790,10 @@ def quantize_policy(
 
     if given is None:  # budget errors before any calibration work
         pre = build_plan(adapter, replace(cfg, method="hsic-only" if cfg.method in ("actquant", "generic") else cfg.method,
-                                          noise="bits", compensate="none"),
+                                          noise="bits", compensate="none", stage2="fisher"),
                          CalibrationResult(hsic=_zero_scores(table)), weights={}, n_threads=cfg.n_threads)
         gram_targets = _gram_targets(pre)
-        if cfg.compensate == "gptq":  # every allocated tensor GPTQ may get (its type is known after the plan)
+        if cfg.compensate == "gptq" or cfg.stage2 == "best":  # every allocated tensor GPTQ may get (type: after the plan)
             gram_targets = [s.name for s in _allocated_specs(table, cfg.scope, None)
                             if s.name in hookable and s.shape[-1] <= cfg.gptq.max_cols]
     else:
@@ -751,7 +811,8 @@ def quantize_policy(
     # ---- stage 1 statistics
     if given is None:
         hsic_targets = [s.name for s in _allocated_specs(table, cfg.scope, None)] if cfg.method in _NEEDS_HSIC else []
-        imp_targets = sorted(hookable) if cfg.method in _NEEDS_ACTIVATION or cfg.compensate == "gptq" else []
+        imp_targets = (sorted(hookable) if cfg.method in _NEEDS_ACTIVATION or cfg.compensate == "gptq"
+                       or cfg.stage2 == "best" else [])
     else:
         hsic_targets = []
         imp_targets = [e.name for e in given.entries if e.importance == "activation"]
@@ -834,6 +895,8 @@ def apply_plan(
         quantized.update({n: (types[n], b) for n, b in data.items()})
         n_fb = sum(s != "gptq" for s in gptq_status.values())
         log.info("GPTQ: %d tensor(s), %d imatrix fallback(s)", len(gptq_status) - n_fb, n_fb)
+    if cfg.stage2 == "best" and plan.method == "actquant" and not gptq_names:
+        plan, quantized = best_stage2(plan, weights, quantized, calibration, cfg.gptq, ggml)
     seconds["quantize"] = time.perf_counter() - t0
     refined: dict[str, tuple[float, float]] = {}
     if cfg.refine:

@@ -101,6 +101,50 @@ def test_quantize_reapply_and_eval(workdir, capsys):
     assert 0.0 < res[str(out)]["l1"] < MAX_L1_3BPW and res[str(out)]["nmse"] > 0.0
 
 
+def test_stage2_best_picks_the_smallest_output_error_and_reapplies(workdir, capsys):
+    """--stage2 best: per allocated tensor the candidate (Fisher / plain / activation / GPTQ) with the smallest
+    layer-output error tr(dW G dW^T)/n; the file's bytes give exactly the error the plan records, never above the
+    Fisher candidate's, and re-applying the plan gives the same bytes."""
+    import re
+
+    from actquant_core import native
+    from actquant_core.gguf import read_policy_gguf  # noqa: F401  (the module the runtime loads with)
+    from actquant_core.quant import pipeline as P
+
+    root, ckpt, data = workdir
+    out = root / "best.gguf"
+    assert _quantize(ckpt, data, out, "--bpw", "3.0", "--method", "actquant", "--stage2", "best", "--no-report") == 0
+    capsys.readouterr()
+    plan = QuantPlan.load(root / "best.plan.yaml")
+    assert plan.meta["stage2"] == "best" and sum(plan.meta["stage2_choices"].values()) > 0
+    chosen = [e for e in plan.entries if "stage2 best" in e.reason]
+    assert chosen and all(e.ggml_type not in ("F32", "F16") for e in chosen)
+    # recompute each recorded error from the file's bytes and the calibration Gram
+    adapter = P.load_policy(str(ckpt))
+    cfg = P.PipelineConfig(method="actquant", bpw=3.0, calib_frames=6, split="all",
+                           calib=P.CalibConfig(device="cpu", progress=False))
+    frames = P._frames_from(str(data), adapter, cfg, None)
+    cal = P.calibrate(adapter, frames, cfg.calib, gram_targets=[e.name for e in chosen])
+    weights = adapter.canonical_weights()
+    from gguf import GGUFReader
+
+    tensors = {t.name: t for t in GGUFReader(out).tensors}
+    for e in chosen:
+        m = re.search(r"stage2 best: (\w+) \(output error ([0-9.e+-]+), Fisher ([0-9.e+-]+)\)", e.reason)
+        assert m, e.reason
+        kind, err, fisher_err = m.group(1), float(m.group(2)), float(m.group(3))
+        assert err <= fisher_err * (1 + 1e-6)
+        W = np.asarray(weights[e.name], np.float32).reshape(-1, e.shape[-1])
+        Wq = native.dequantize(bytes(tensors[e.name].data), e.ggml_type, W.shape)
+        np.testing.assert_allclose(P.output_error(W, Wq, cal.gram[e.name]), err, rtol=2e-3)
+        assert (kind == "gptq") == (e.name in plan.meta.get("gptq_tensors", []))
+    _run(out, small_config())
+    out2 = root / "best-replan.gguf"
+    assert _quantize(ckpt, data, out2, "--plan", str(root / "best.plan.yaml"), "--no-report") == 0
+    capsys.readouterr()
+    assert out2.read_bytes() == out.read_bytes()
+
+
 @pytest.mark.parametrize("method,extra", [("rtn", ()), ("imatrix", ()), ("hsic-only", ()), ("fisher-only", ()),
                                           ("generic", ("--menu", "Q2_K,Q4_K")),
                                           ("actquant", ("--scope", "all", "--inactive", "cheapest"))])
