@@ -200,8 +200,11 @@ class PipelineConfig:
             raise ValueError(f"PipelineConfig.compensate={self.compensate!r}; expected 'none' or 'gptq'")
         if self.stage2 not in STAGE2_MODES:
             raise ValueError(f"PipelineConfig.stage2={self.stage2!r}; expected one of {STAGE2_MODES}")
-        if self.stage2 != "fisher" and (self.method != "actquant" or self.compensate != "none"):
-            raise ValueError(f"PipelineConfig.stage2={self.stage2!r} is a setting of method 'actquant' without compensation")
+        if self.stage2 == "plain" and (self.method != "actquant" or self.compensate != "none"):
+            raise ValueError("PipelineConfig.stage2='plain' is a setting of method 'actquant' without compensation")
+        if self.stage2 == "best" and (self.method == "gptq" or self.compensate != "none"):
+            raise ValueError("PipelineConfig.stage2='best' already weighs GPTQ per tensor: not with method 'gptq' "
+                             "or compensate='gptq'")
         if self.compensate != "none" and self.method != "actquant":
             raise ValueError(f"PipelineConfig.compensate={self.compensate!r} is a setting of method 'actquant', not {self.method!r}")
         if self.noise == "measured" and self.method != "actquant":
@@ -513,10 +516,11 @@ def output_error(W: np.ndarray, Wq: np.ndarray, gram) -> float:
 
 def best_stage2(plan: QuantPlan, weights: Mapping[str, np.ndarray], quantized: dict[str, tuple[str, bytes]],
                 calibration: CalibrationResult, gptq_cfg, ggml) -> tuple[QuantPlan, dict[str, tuple[str, bytes]]]:
-    """Stage 2 "best": for every Fisher-importance entry with a Gram, the candidate with the smallest
-    :func:`output_error` among Fisher importance (the bytes in ``quantized``), plain (no importance, where the
-    type allows it), activation importance and GPTQ, all at the entry's type.  Returns the plan with each
-    choice recorded (importance, ``meta["gptq_tensors"]``, reason) and the updated bytes."""
+    """Stage 2 "best": for every quantized entry with a Gram, the candidate with the smallest
+    :func:`output_error` among the plan's own quantization (the bytes in ``quantized``), Fisher importance (where
+    the Fisher was collected), plain (no importance, where the type allows it), activation importance and GPTQ,
+    all at the entry's type (ties keep the plan's own).  Returns the plan with each choice recorded (importance,
+    ``meta["gptq_tensors"]``, reason) and the updated bytes."""
     from actquant_core import native
 
     from .gptq import gptq_eligible, gptq_tensors
@@ -526,26 +530,31 @@ def best_stage2(plan: QuantPlan, weights: Mapping[str, np.ndarray], quantized: d
     entries, gptq_chosen, counts = [], [], {}
     quantized = dict(quantized)
     for e in plan.entries:
-        if e.importance != "fisher" or e.name not in grams:
+        if e.importance not in ("fisher", "activation", "none") or e.name not in grams or e.ggml_type in ("F32", "F16"):
             entries.append(e)
             continue
         t = e.ggml_type
         W = np.asarray(weights[e.name], np.float32).reshape(-1, e.shape[-1])
-        cands: dict[str, bytes] = {"fisher": quantized[e.name][1]}
-        if not native.type_traits(t)["requires_importance"]:
+        own = e.importance
+        cands: dict[str, bytes] = {own: quantized[e.name][1]}
+        fisher = calibration.fisher or {}
+        if "fisher" not in cands and e.name in fisher:
+            cands["fisher"] = ggml(W, t, np.asarray(fisher[e.name], np.float32).reshape(W.shape))
+        if "none" not in cands and not native.type_traits(t)["requires_importance"]:
             cands["none"] = ggml(W, t, None)
-        if e.name in act:
+        if "activation" not in cands and e.name in act:
             cands["activation"] = ggml(W, t, act[e.name])
+        if e.name in act:
             if gptq_eligible(t, e.shape, gptq_cfg) is None:
                 data, status = gptq_tensors({e.name: W}, {e.name: t}, {e.name: grams[e.name]}, act, gptq_cfg, ggml,
                                             native.dequantize)
                 if status[e.name] == "gptq":
                     cands["gptq"] = data[e.name]
         errs = {k: output_error(W, native.dequantize(b, t, W.shape), grams[e.name]) for k, b in cands.items()}
-        best = min(errs, key=lambda k: (errs[k], k != "fisher"))  # ties keep the paper's choice
+        best = min(errs, key=lambda k: (errs[k], k != own))  # ties keep the plan's own quantization
         counts[best] = counts.get(best, 0) + 1
         quantized[e.name] = (t, cands[best])
-        why = f"; stage2 best: {best} (output error {errs[best]:.6g}, Fisher {errs['fisher']:.6g})"
+        why = f"; stage2 best: {best} (output error {errs[best]:.6g}, planned {own} {errs[own]:.6g})"
         if best == "gptq":
             gptq_chosen.append(e.name)
             entries.append(replace(e, importance="activation", reason=e.reason + why + "; GPTQ"))
@@ -895,7 +904,7 @@ def apply_plan(
         quantized.update({n: (types[n], b) for n, b in data.items()})
         n_fb = sum(s != "gptq" for s in gptq_status.values())
         log.info("GPTQ: %d tensor(s), %d imatrix fallback(s)", len(gptq_status) - n_fb, n_fb)
-    if cfg.stage2 == "best" and plan.method == "actquant" and not gptq_names:
+    if cfg.stage2 == "best" and not gptq_names:
         plan, quantized = best_stage2(plan, weights, quantized, calibration, cfg.gptq, ggml)
     seconds["quantize"] = time.perf_counter() - t0
     refined: dict[str, tuple[float, float]] = {}

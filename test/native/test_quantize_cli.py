@@ -130,7 +130,7 @@ def test_stage2_best_picks_the_smallest_output_error_and_reapplies(workdir, caps
 
     tensors = {t.name: t for t in GGUFReader(out).tensors}
     for e in chosen:
-        m = re.search(r"stage2 best: (\w+) \(output error ([0-9.e+-]+), Fisher ([0-9.e+-]+)\)", e.reason)
+        m = re.search(r"stage2 best: (\w+) \(output error ([0-9.e+-]+), planned fisher ([0-9.e+-]+)\)", e.reason)
         assert m, e.reason
         kind, err, fisher_err = m.group(1), float(m.group(2)), float(m.group(3))
         assert err <= fisher_err * (1 + 1e-6)

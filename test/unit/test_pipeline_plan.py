@@ -214,3 +214,8 @@ def test_stage2_plain_drops_importance_only_where_the_type_allows(adapter, bpw):
         PipelineConfig(method="rtn", stage2="plain")
     with pytest.raises(ValueError, match="stage2"):
         PipelineConfig(method="actquant", stage2="plain", compensate="gptq")
+    PipelineConfig(method="rtn", stage2="best")  # best: any method whose own quantizer is not GPTQ already
+    with pytest.raises(ValueError, match="stage2='best'"):
+        PipelineConfig(method="gptq", stage2="best")
+    with pytest.raises(ValueError, match="stage2='best'"):
+        PipelineConfig(method="actquant", stage2="best", compensate="gptq")
