@@ -78,6 +78,7 @@ VARIANTS = (
     ("actquant+floor+best", "actquant", {"score_floor": 0.5, "stage2": "best"}),
     ("rtn+best", "rtn", {"stage2": "best"}),  # control: uniform types, the same per-tensor best quantizer
     ("imatrix+best", "imatrix", {"stage2": "best"}),  # … with the IQ types under 2.625 bpw
+    ("actquant+floor+best/k", "actquant", {"score_floor": 0.5, "stage2": "best", "menu": K_QUANTS}),
     # the allocator over K-quants only (no IQ1/IQ2/IQ3 codebook types)
     ("actquant+floor/k", "actquant", {"score_floor": 0.5, "menu": K_QUANTS}),
     ("actquant+floor+gptq/k", "actquant", {"score_floor": 0.5, "compensate": "gptq", "menu": K_QUANTS}),
