@@ -802,9 +802,11 @@ def quantize_policy(
                                           noise="bits", compensate="none", stage2="fisher"),
                          CalibrationResult(hsic=_zero_scores(table)), weights={}, n_threads=cfg.n_threads)
         gram_targets = _gram_targets(pre)
-        if cfg.compensate == "gptq" or cfg.stage2 == "best":  # every allocated tensor GPTQ may get (type: after the plan)
+        if cfg.compensate == "gptq":  # every allocated tensor GPTQ may get (its type is known after the plan)
             gram_targets = [s.name for s in _allocated_specs(table, cfg.scope, None)
                             if s.name in hookable and s.shape[-1] <= cfg.gptq.max_cols]
+        elif cfg.stage2 == "best":  # every quantized linear tensor, fixed-type ones (vision tower, …) included
+            gram_targets = [t.name for t in table if t.name in hookable and t.shape[-1] <= cfg.gptq.max_cols]
     else:
         gram_targets = _gram_targets(given)
     missing = [n for n in gram_targets if n not in hookable]

@@ -119,6 +119,7 @@ def test_stage2_best_picks_the_smallest_output_error_and_reapplies(workdir, caps
     assert plan.meta["stage2"] == "best" and sum(plan.meta["stage2_choices"].values()) > 0
     chosen = [e for e in plan.entries if "stage2 best" in e.reason]
     assert chosen and all(e.ggml_type not in ("F32", "F16") for e in chosen)
+    assert any(e.name.startswith("v.") for e in chosen)  # fixed-type tensors (vision tower) are weighed too
     # recompute each recorded error from the file's bytes and the calibration Gram
     adapter = P.load_policy(str(ckpt))
     cfg = P.PipelineConfig(method="actquant", bpw=3.0, calib_frames=6, split="all",
