@@ -80,14 +80,23 @@ def read_episodes_at(root: Path, image_size: int, cameras: tuple[str, ...], work
     import os
 
     cache_dir = cache_dir if cache_dir is not None else os.environ.get("ACTQUANT_FRAME_CACHE") or None
-    if cache_dir is not None:
-        cached = _load_frame_cache(Path(cache_dir), Path(root), image_size, cameras)
-        if cached is not None:
-            return cached[: max_episodes or None]
-    eps = _read_episodes(Path(root), image_size, cameras, workers)
-    if cache_dir is not None:
-        _save_frame_cache(Path(cache_dir), Path(root), image_size, cameras, eps)
-    return eps[: max_episodes or None]
+    if cache_dir is None:
+        return _read_episodes(Path(root), image_size, cameras, workers)[: max_episodes or None]
+    cameras = _recorded_cameras(Path(root), cameras)  # one cache entry whichever unrecorded slots are asked for
+    cached = _load_frame_cache(Path(cache_dir), Path(root), image_size, cameras)
+    if cached is None:
+        cached = _read_episodes(Path(root), image_size, cameras, workers)
+        _save_frame_cache(Path(cache_dir), Path(root), image_size, cameras, cached)
+    return cached[: max_episodes or None]
+
+
+def _recorded_cameras(root: Path, cameras: tuple[str, ...]) -> tuple[str, ...]:
+    """``cameras`` that the dataset records (``meta/info.json`` "cameras"; all of them if it does not say)."""
+    import json
+
+    info = root / "meta" / "info.json"
+    recorded = json.loads(info.read_text()).get("cameras") if info.is_file() else None
+    return tuple(c for c in cameras if recorded is None or c in recorded)
 
 
 def _cache_key(root: Path, image_size: int, cameras: tuple[str, ...]) -> tuple[str, dict]:
@@ -109,7 +118,6 @@ def _save_frame_cache(cache: Path, root: Path, image_size: int, cameras: tuple[s
     d = cache / key
     tmp = cache / f"{key}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    cameras = tuple(c for c in cameras if eps and c in eps[0].images)  # slots the dataset does not record
     for c in cameras:
         np.save(tmp / f"img_{c}.npy", np.concatenate([e.images[c] for e in eps]))
     np.save(tmp / "state.npy", np.concatenate([e.state for e in eps]).astype(np.float32))
@@ -134,7 +142,7 @@ def _load_frame_cache(cache: Path, root: Path, image_size: int, cameras: tuple[s
     meta = json.loads((d / "episodes.json").read_text())
     if meta["ident"] != ident:
         return None
-    imgs = {c: np.load(d / f"img_{c}.npy", mmap_mode="r") for c in cameras if (d / f"img_{c}.npy").is_file()}
+    imgs = {c: np.load(d / f"img_{c}.npy", mmap_mode="r") for c in cameras}
     state, action = np.load(d / "state.npy"), np.load(d / "action.npy")
     eps, t = [], 0
     for row in meta["episodes"]:

@@ -130,6 +130,9 @@ def test_frame_cache_round_trips_and_is_invalidated_by_a_changed_dataset(tmp_pat
         for c in SIM_CAMERAS:
             np.testing.assert_array_equal(a.images[c], b.images[c])
     assert len(read_episodes_at(data, S // 2, SIM_CAMERAS, max_episodes=2, cache_dir=cache)) == 2
+    # a slot the dataset does not record (pi05's masked third camera) reads the same cache entry
+    assert len(read_episodes_at(data, S // 2, SIM_CAMERAS + ("right_wrist_0_rgb",), cache_dir=cache)) == len(first)
+    assert len(list(cache.iterdir())) == 1
     _write_dataset(data, n_episodes=3)  # rewritten dataset (meta changes): a new cache entry, new content
     got = read_episodes_at(data, S // 2, SIM_CAMERAS, cache_dir=cache)
     assert len(got) == 3 and len(list(cache.iterdir())) == 2
