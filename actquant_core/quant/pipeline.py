@@ -139,8 +139,8 @@ class PipelineConfig:
             "best" (beyond the paper): per tensor, the Fisher-importance bytes, the plain quantizer's (where the
             type allows it), the activation-importance (imatrix) bytes and GPTQ's at the allocated type, keeping
             the one with the smallest layer-output error on the calibration inputs, ``tr(ΔW G ΔWᵀ)`` with the
-            Gram ``G = XᵀX`` (collected for every allocated linear tensor). The plan records each choice, so
-            ``--plan`` re-applies it.
+            Gram ``G = XᵀX`` (collected for every quantized linear tensor, fixed-type ones such as the vision
+            tower included). The plan records each choice, so ``--plan`` re-applies it.
         refine_config: refinement settings.
         gptq: :class:`~.gptq.GptqConfig` of method ``gptq`` (damping, Gram column limit, solve device).
         calib_frames: frames sampled from the calibration source (seeded reservoir).
@@ -527,6 +527,7 @@ def best_stage2(plan: QuantPlan, weights: Mapping[str, np.ndarray], quantized: d
 
     grams = calibration.gram or {}
     act = calibration.activation_importance or {}
+    fisher = calibration.fisher or {}
     entries, gptq_chosen, counts = [], [], {}
     quantized = dict(quantized)
     for e in plan.entries:
@@ -537,19 +538,17 @@ def best_stage2(plan: QuantPlan, weights: Mapping[str, np.ndarray], quantized: d
         W = np.asarray(weights[e.name], np.float32).reshape(-1, e.shape[-1])
         own = e.importance
         cands: dict[str, bytes] = {own: quantized[e.name][1]}
-        fisher = calibration.fisher or {}
         if "fisher" not in cands and e.name in fisher:
             cands["fisher"] = ggml(W, t, np.asarray(fisher[e.name], np.float32).reshape(W.shape))
         if "none" not in cands and not native.type_traits(t)["requires_importance"]:
             cands["none"] = ggml(W, t, None)
         if "activation" not in cands and e.name in act:
             cands["activation"] = ggml(W, t, act[e.name])
-        if e.name in act:
-            if gptq_eligible(t, e.shape, gptq_cfg) is None:
-                data, status = gptq_tensors({e.name: W}, {e.name: t}, {e.name: grams[e.name]}, act, gptq_cfg, ggml,
-                                            native.dequantize)
-                if status[e.name] == "gptq":
-                    cands["gptq"] = data[e.name]
+        if e.name in act and gptq_eligible(t, e.shape, gptq_cfg) is None:
+            data, status = gptq_tensors({e.name: W}, {e.name: t}, {e.name: grams[e.name]}, act, gptq_cfg, ggml,
+                                        native.dequantize)
+            if status[e.name] == "gptq":
+                cands["gptq"] = data[e.name]
         errs = {k: output_error(W, native.dequantize(b, t, W.shape), grams[e.name]) for k, b in cands.items()}
         best = min(errs, key=lambda k: (errs[k], k != own))  # ties keep the plan's own quantization
         counts[best] = counts.get(best, 0) + 1
