@@ -133,9 +133,11 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
                         "paper's clipping, which sends every tensor whose sensitivity clips to zero to the "
                         "cheapest type: on the small OFT that halved 3 bpw closed-loop success, "
                         "bench/results/sim_table_oft*.json)")
-    p.add_argument("--noise", choices=("bits", "measured"), default="bits",
-                   help="allocator noise model (actquant): 2^(-2b) per type (paper) or each type's measured relative "
-                        "Fisher-weighted error on each tensor (one quantization per tensor and menu type)")
+    p.add_argument("--noise", choices=("bits", "measured", "output"), default="bits",
+                   help="allocator noise model (actquant): 2^(-2b) per type (paper), each type's measured relative "
+                        "Fisher-weighted error on each tensor (one quantization per tensor and menu type), or "
+                        "(with --stage2 best) each type's relative layer-output error after stage 2's best-of "
+                        "quantization at that type (stage 2's search per tensor and menu type)")
     p.add_argument("--stage2", choices=("fisher", "plain", "best"), default="fisher",
                    help="actquant without --compensate: quantize the allocated types with the Fisher as GGML "
                         "importance (paper), with GGML's plain quantizer where the type allows it, or per tensor "

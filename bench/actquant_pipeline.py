@@ -50,7 +50,11 @@ def main() -> int:
     ap.add_argument("--bpw", type=float, default=3.0)
     ap.add_argument("--method", default="actquant")
     ap.add_argument("--compensate", default="none", choices=("none", "gptq"))
-    ap.add_argument("--device", default="cuda", help="calibration / Fisher device")
+    ap.add_argument("--stage2", default="fisher", choices=("fisher", "plain", "best"))
+    ap.add_argument("--noise", default="bits", choices=("bits", "measured", "output"))
+    ap.add_argument("--score-floor", type=float, default=0.5, help="as actquant quantize (CLI default 0.5)")
+    ap.add_argument("--gptq-intra-group", type=int, default=None, help="GptqConfig.intra_group (default: its own)")
+    ap.add_argument("--device", default="cuda", help="calibration / Fisher / GPTQ device")
     ap.add_argument("--threads", type=int, default=None, help="GGML quantization threads (default: all CPUs)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--fisher-batch-size", type=int, default=8)
@@ -64,6 +68,7 @@ def main() -> int:
     from actquant_core.policies.pi05.config import get_preset
     from actquant_core.policies.pi05.model import Pi05Model
     from actquant_core.quant.calibrate import CalibConfig
+    from actquant_core.quant.gptq import GptqConfig
     from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
 
     cfg = get_preset(args.preset)
@@ -73,8 +78,12 @@ def main() -> int:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{args.preset}: {n_params / 1e6:.0f} M parameters, built in {build_s:.0f} s", flush=True)
     frames = synthetic_frames(cfg, args.frames, args.seed)
+    gptq = GptqConfig(device=args.device)
+    if args.gptq_intra_group is not None:
+        gptq = GptqConfig(device=args.device, intra_group=args.gptq_intra_group)
     pcfg = PipelineConfig(method=args.method, bpw=args.bpw, compensate=args.compensate, n_threads=args.threads,
-                          calib_frames=args.frames,
+                          calib_frames=args.frames, stage2=args.stage2, noise=args.noise,
+                          score_floor=args.score_floor, gptq=gptq,
                           calib=CalibConfig(device=args.device, targets="policy", batch_size=args.batch_size,
                                             fisher_batch_size=args.fisher_batch_size, progress=False, seed=args.seed))
     use_cuda = args.device.startswith("cuda")
@@ -89,7 +98,9 @@ def main() -> int:
         summary = res.summary()
     result = {
         "preset": args.preset, "params": int(n_params), "frames": args.frames, "method": args.method,
-        "compensate": args.compensate, "budget_bpw": args.bpw, "device": args.device,
+        "compensate": args.compensate, "stage2": args.stage2, "noise": args.noise, "score_floor": args.score_floor,
+        "gptq_intra_group": gptq.intra_group, "stage2_choices": res.plan.meta.get("stage2_choices"),
+        "budget_bpw": args.bpw, "device": args.device,
         "gpu": torch.cuda.get_device_name() if use_cuda else None,
         "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
         "threads": args.threads, "build_model_s": build_s, "pipeline_wall_s": wall,

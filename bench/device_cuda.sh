@@ -3,10 +3,13 @@
 #   bash bench/device_cuda.sh build      CUDA build of the native module into actquant_core/ (kept on a warm machine)
 #   bash bench/device_cuda.sh latency    bench/pi05_latency.py: native CUDA per weight type vs torch bf16 on the GPU
 #   bash bench/device_cuda.sh pipeline   bench/actquant_pipeline.py: ActQuant wall time, real size, 256 frames
+#   bash bench/device_cuda.sh pipeline-bg  the same, started in its own session (ARGS=...), collected by `wait`
+#   bash bench/device_cuda.sh wait       waits (LIMIT_S) for pipeline-bg's JSON; log + JSON to $OUT
 #   bash bench/device_cuda.sh gpu-tests  the gpu-marked tests (CUDA parity, CUDA graph replay) of test/native
 #   bash bench/device_cuda.sh sim-table  bench/sim_table.py on the machine's 16 CPU cores (CPU build, EGL rendering;
 #        carry .gl too): POLICY=<trained folder> METHODS=a,b BPW=4,3 EPISODES=2 NAME=<json name>; rows are kept in
 #        .devrun/<NAME> and resumed by the next call on a warm machine (LIMIT_S bounds one call)
+#   bash bench/device_cuda.sh sim-tables several sim-table runs in parallel (JOBS, see below), results in sim_tables.tgz
 # Results (JSON + logs) in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -43,6 +46,20 @@ case "${1:-}" in
     build || exit 1
     timeout ${LIMIT_S:-540} python3 bench/actquant_pipeline.py --preset pi05 --frames ${FRAMES:-256} --device cuda \
       --threads 16 --out "$OUT/actquant_pipeline_real_cuda.json" 2>&1 | grep -v -i "warn\|eligibility" ;;
+  pipeline-bg)
+    # A pipeline longer than one call: started in its own session (it outlives the call on a warm machine);
+    # `wait` collects it. ARGS: extra actquant_pipeline.py arguments (e.g. "--stage2 best").
+    cpu_build || exit 1  # the pipeline uses GGML's CPU quantizers only; torch does the GPU work
+    mkdir -p .devrun/pipe; rm -f .devrun/pipe/*
+    setsid nohup python3 bench/actquant_pipeline.py --preset pi05 --frames ${FRAMES:-256} --device cuda --threads 16 \
+      ${ARGS:-} --out .devrun/pipe/actquant_pipeline_real_cuda.json > .devrun/pipe/log 2>&1 < /dev/null &
+    sleep ${WAIT_S:-5}; grep -v -i "warn\|eligib" .devrun/pipe/log | tail -5 ;;
+  wait)
+    end=$(( $(date +%s) + ${LIMIT_S:-540} ))
+    while [ ! -f .devrun/pipe/actquant_pipeline_real_cuda.json ] && [ $(date +%s) -lt $end ] \
+      && pgrep -f actquant_pipeline.py >/dev/null; do sleep 5; done
+    grep -v -i "warn\|eligib" .devrun/pipe/log | tail -25; nvidia-smi --query-gpu=name --format=csv,noheader
+    cp .devrun/pipe/* "$OUT/" 2>/dev/null ;;
   gpu-tests)
     build || exit 1
     timeout ${LIMIT_S:-300} python3 -m pytest -q -m gpu test/native -p no:cacheprovider 2>&1 | tail -15 ;;
@@ -58,6 +75,30 @@ case "${1:-}" in
       --work ".devrun/work-$(basename "$POLICY")" --reuse --resume --out ".devrun/tables/$NAME" 2>&1 \
       | grep -v -i "warn\|eligib\|INFO"
     cp ".devrun/tables/$NAME" "$OUT/" ;;
-  *) echo "usage: $0 build|latency|pipeline|gpu-tests|sim-table"; exit 2 ;;
+  sim-tables)
+    # Several sim-table runs at once on a many-core machine (nvidia-h100-x4: 64 cores). JOBS is a ';' list of
+    # POLICY|METHODS|BPW|NAME|SKIP_FP (SKIP_FP 1 = no full-precision row); COPY_POLICY=<folder> first copies a
+    # trained folder to .devrun/pol/ (kept on a warm machine, so a later call can run it without carrying it).
+    cpu_build || exit 1
+    for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+    export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json MUJOCO_GL=egl
+    [ -n "${COPY_POLICY:-}" ] && mkdir -p .devrun/pol && cp -r "$COPY_POLICY" .devrun/pol/
+    [ -f .devrun/calib/demos_report.json ] || python3 -m actquant_core.sim.demos --suite all --episodes-per-task 1 \
+      --seed 1000 --out .devrun/calib --workers 16 --formats lerobot 2>&1 | tail -1 | cut -c1-200
+    mkdir -p .devrun/tables .devrun/logs
+    IFS=';' read -ra specs <<< "$JOBS"
+    w=$(( ($(nproc) - 4) / ${#specs[@]} )); [ $w -lt 1 ] && w=1
+    echo "$(nproc) cores, ${#specs[@]} jobs x $w workers"
+    for s in "${specs[@]}"; do
+      IFS='|' read -r pol meth bpw name skipfp <<< "$s"
+      ( OMP_NUM_THREADS=$w timeout ${LIMIT_S:-540} python3 bench/sim_table.py --checkpoint "$pol" --calib .devrun/calib/lerobot \
+          --methods "$meth" --bpw "$bpw" --episodes "${EPISODES:-2}" --workers $w --quant-threads $w \
+          $([ "$skipfp" = 1 ] && echo --skip-fp) --work ".devrun/work-$(basename "$pol")" --reuse --resume \
+          --out ".devrun/tables/$name" > ".devrun/logs/$name.log" 2>&1
+        echo "$name: rc=$? $(grep -c '"method"' ".devrun/tables/$name" 2>/dev/null) rows" ) &
+    done
+    wait
+    tar czf "$OUT/sim_tables.tgz" .devrun/tables .devrun/logs ;;
+  *) echo "usage: $0 build|latency|pipeline|gpu-tests|sim-table|sim-tables"; exit 2 ;;
 esac
 echo "device_cuda.sh $1: $(( $(date +%s) - t0 )) s"

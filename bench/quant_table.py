@@ -76,6 +76,9 @@ VARIANTS = (
     ("actquant+measured+floor+refine", "actquant", {"noise": "measured", "score_floor": 0.5, "refine": True}),
     ("actquant+floor+plain", "actquant", {"score_floor": 0.5, "stage2": "plain"}),
     ("actquant+floor+best", "actquant", {"score_floor": 0.5, "stage2": "best"}),
+    # stage-2-aware allocation: each type priced at the output error of stage 2's best-of quantization
+    ("actquant+floor+best+output", "actquant", {"score_floor": 0.5, "stage2": "best", "noise": "output"}),
+    ("actquant+best+output", "actquant", {"stage2": "best", "noise": "output"}),
     ("rtn+best", "rtn", {"stage2": "best"}),  # control: uniform types, the same per-tensor best quantizer
     ("imatrix+best", "imatrix", {"stage2": "best"}),  # … with the IQ types under 2.625 bpw
     ("actquant+floor+best/k", "actquant", {"score_floor": 0.5, "stage2": "best", "menu": K_QUANTS}),
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from actquant_core.quant.importance import weighted_error_fn
     from actquant_core.quant.pipeline import (
         PipelineConfig, apply_plan, build_plan, compare_actions, export_reference, load_policy, measured_noise_fn,
-        runtime_actions)
+        output_noise_fn, runtime_actions)
     from actquant_core import constants as C
     from actquant_core import native
 
@@ -181,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     error_fn = weighted_error_fn(weights, cal.activation_importance,
                                  lambda W, t, imp: native.quantize(W, t, imp, n_threads=n_threads), native.dequantize)
     noise_fn = measured_noise_fn(weights, fisher, n_threads)  # cached (tensor, type) errors shared by the budgets
+    out_noise = output_noise_fn(weights, cal, gptq_cfg, n_threads) if cal.gram else None  # likewise, noise "output"
 
     ref = export_reference(adapter, args.work / "reference-f32.gguf")
     A_ref, pre = runtime_actions(ref, eval_frames, seed=args.seed, n_threads=n_threads)
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             try:
                 plan = build_plan(adapter, pc, cal, weights, n_threads, error_fn=error_fn if method == "generic" else None,
-                                  noise_fn=noise_fn if pc.noise == "measured" else None)
+                                  noise_fn={"measured": noise_fn, "output": out_noise}.get(pc.noise))
             except ValueError as e:
                 row.update(status=str(e))
                 rows.append(row)
@@ -207,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             plan_s = time.perf_counter() - t0
             out = args.work / f"{label.replace('/', '-')}-{bpw}.gguf"
-            res = apply_plan(adapter, plan, weights, cal, out, pc, source=ckpt)
+            res = apply_plan(adapter, plan, weights, cal, out, pc, source=ckpt,
+                             stage2_cache=out_noise.best if out_noise is not None else None)
             A_q, _ = runtime_actions(out, eval_frames, seed=args.seed, n_threads=n_threads)
             err = compare_actions(A_q, A_ref, pre, adapter.action_dims)
             row.update(status="ok", bpw_backbone=plan.bpw_backbone, bpw_backbone_nominal=plan.bpw_backbone_nominal,

@@ -83,6 +83,7 @@ __all__ = [
 
 METHODS = C.QUANT_METHODS
 STAGE2_MODES = ("fisher", "plain", "best")
+NOISE_MODES = ("bits", "measured", "output")
 #: methods whose allocation needs HSIC scores / activation importance / Fisher importance
 _NEEDS_HSIC = ("actquant", "hsic-only")
 _NEEDS_ACTIVATION = ("imatrix", "generic", "hsic-only", "gptq")
@@ -126,7 +127,12 @@ class PipelineConfig:
             ``2^(-2 b)``) or "measured": each candidate type's relative Fisher-weighted quantization error
             on that tensor, ``sum F (W - Q_t(W))^2 / sum F W^2``, measured by quantizing it with every menu
             type (GGML codecs, Fisher importance; needs the Fisher, costs one quantization per tensor and
-            menu type).
+            menu type).  "output" (beyond the paper, with ``stage2="best"``): each candidate type's relative
+            layer-output error after stage 2's own best-of quantization at that type,
+            ``tr(ΔW G ΔWᵀ) / tr(W G Wᵀ)`` on the calibration Gram (GPTQ, Fisher, activation and plain bytes
+            all tried, see :func:`output_noise_fn`), so the allocator prices each type at the error the
+            written file will have; the chosen bytes are kept and reused by stage 2.  Costs stage 2's
+            search per tensor and menu type (cached across budgets).
         compensate: quantization of the allocated tensors of method actquant: "none" (GGML's quantizer with
             the Fisher as per-row importance, the paper's stage 2) or "gptq" (beyond the paper: GPTQ's
             Hessian error compensation on GGML's grids at each tensor's allocated type, activation importance
@@ -194,8 +200,10 @@ class PipelineConfig:
             raise ValueError(f"PipelineConfig.score={self.score!r}; expected 'hsic' or 'hsic_out_y'")
         if not (math.isfinite(self.score_floor) and self.score_floor >= 0):
             raise ValueError(f"PipelineConfig.score_floor must be finite and >= 0, got {self.score_floor}")
-        if self.noise not in ("bits", "measured"):
-            raise ValueError(f"PipelineConfig.noise={self.noise!r}; expected 'bits' or 'measured'")
+        if self.noise not in NOISE_MODES:
+            raise ValueError(f"PipelineConfig.noise={self.noise!r}; expected one of {NOISE_MODES}")
+        if self.noise == "output" and self.stage2 != "best":
+            raise ValueError("PipelineConfig.noise='output' measures stage 2 'best' per type: it needs stage2='best'")
         if self.compensate not in ("none", "gptq"):
             raise ValueError(f"PipelineConfig.compensate={self.compensate!r}; expected 'none' or 'gptq'")
         if self.stage2 not in STAGE2_MODES:
@@ -207,8 +215,8 @@ class PipelineConfig:
                              "or compensate='gptq'")
         if self.compensate != "none" and self.method != "actquant":
             raise ValueError(f"PipelineConfig.compensate={self.compensate!r} is a setting of method 'actquant', not {self.method!r}")
-        if self.noise == "measured" and self.method != "actquant":
-            raise ValueError(f"PipelineConfig.noise='measured' is a setting of method 'actquant', not {self.method!r}")
+        if self.noise != "bits" and self.method != "actquant":
+            raise ValueError(f"PipelineConfig.noise={self.noise!r} is a setting of method 'actquant', not {self.method!r}")
         if self.inactive not in ("allocate", "cheapest"):
             raise ValueError(f"PipelineConfig.inactive={self.inactive!r}; expected 'allocate' or 'cheapest'")
         if self.calib_frames < 1:
@@ -514,45 +522,130 @@ def output_error(W: np.ndarray, Wq: np.ndarray, gram) -> float:
     return float(np.einsum("rc,rc->", D @ np.asarray(gram.gram, np.float64), D)) / max(int(gram.n), 1)
 
 
-def best_stage2(plan: QuantPlan, weights: Mapping[str, np.ndarray], quantized: dict[str, tuple[str, bytes]],
-                calibration: CalibrationResult, gptq_cfg, ggml) -> tuple[QuantPlan, dict[str, tuple[str, bytes]]]:
-    """Stage 2 "best": for every quantized entry with a Gram, the candidate with the smallest
-    :func:`output_error` among the plan's own quantization (the bytes in ``quantized``), Fisher importance (where
-    the Fisher was collected), plain (no importance, where the type allows it), activation importance and GPTQ,
-    all at the entry's type (ties keep the plan's own).  Returns the plan with each choice recorded (importance,
-    ``meta["gptq_tensors"]``, reason) and the updated bytes."""
+def stage2_candidates(name: str, W: np.ndarray, t: str, calibration: CalibrationResult, gptq_cfg, ggml,
+                      own: tuple[str, bytes] | None = None) -> tuple[dict[str, bytes], dict[str, float]]:
+    """Stage 2 "best"'s candidates for tensor ``name`` (``W`` ``[rows, cols]``) at type ``t`` and their
+    :func:`output_error`: ``own`` (the plan's own ``(importance, bytes)``), Fisher importance (where the Fisher
+    was collected), plain (where the type allows it), activation importance and GPTQ (where it applies).
+    Needs ``calibration.gram[name]``."""
     from actquant_core import native
 
     from .gptq import gptq_eligible, gptq_tensors
 
-    grams = calibration.gram or {}
+    gram = calibration.gram[name]
     act = calibration.activation_importance or {}
     fisher = calibration.fisher or {}
+    cands: dict[str, bytes] = dict([own]) if own is not None else {}
+    if "fisher" not in cands and name in fisher:
+        cands["fisher"] = ggml(W, t, np.asarray(fisher[name], np.float32).reshape(W.shape))
+    if "none" not in cands and not native.type_traits(t)["requires_importance"]:
+        cands["none"] = ggml(W, t, None)
+    if "activation" not in cands and name in act:
+        cands["activation"] = ggml(W, t, act[name])
+    if name in act and gptq_eligible(t, W.shape, gptq_cfg) is None:
+        data, status = gptq_tensors({name: W}, {name: t}, {name: gram}, act, gptq_cfg, ggml, native.dequantize)
+        if status[name] == "gptq":
+            cands["gptq"] = data[name]
+    if not cands:
+        raise ValueError(f"stage 2 best: no quantizer applies to {name} at {t}")
+    errs = {k: output_error(W, native.dequantize(b, t, W.shape), gram) for k, b in cands.items()}
+    return cands, errs
+
+
+class OutputNoise:
+    """``noise(spec, type)`` of ``PipelineConfig.noise="output"``: the relative layer-output error
+    ``tr(ΔW G ΔWᵀ) / tr(W G Wᵀ)`` of stage 2 "best" at ``type`` (:func:`stage2_candidates`).  A tensor without
+    a Gram (row length over ``gptq.max_cols``) gets the diagonal approximation with its activation importance
+    ``a`` (``sum_j a_j ΔW_ij^2 / sum_j a_j W_ij^2``, activation-importance bytes), or the relative Frobenius
+    error without one.  High-precision types have noise 0.  ``best`` caches each (tensor, type)'s winner
+    (candidate, bytes, errors): build one per calibration and reuse it across budgets and for stage 2."""
+
+    def __init__(self, weights: Mapping[str, np.ndarray], calibration: CalibrationResult, gptq_cfg, ggml) -> None:
+        self.weights, self.calibration, self.gptq_cfg, self.ggml = weights, calibration, gptq_cfg, ggml
+        self.best: dict[tuple[str, str], tuple[str, bytes, dict[str, float]]] = {}
+        self._base: dict[str, float] = {}
+        self._noise: dict[tuple[str, str], float] = {}
+
+    def _W(self, name: str, shape) -> np.ndarray:
+        return np.asarray(self.weights[name], np.float32).reshape(-1, shape[-1])
+
+    def __call__(self, spec: TensorSpec, t: str) -> float:
+        from actquant_core import native
+
+        key = (spec.name, t)
+        if key in self._noise:
+            return self._noise[key]
+        if t in HIGH_PRECISION_TYPES:
+            self._noise[key] = 0.0
+            return 0.0
+        W = self._W(spec.name, spec.shape)
+        grams = self.calibration.gram or {}
+        if spec.name in grams:
+            g = grams[spec.name]
+            if spec.name not in self._base:
+                Wd = W.astype(np.float64)
+                self._base[spec.name] = float(np.einsum("rc,rc->", Wd @ np.asarray(g.gram, np.float64), Wd)) / max(int(g.n), 1)
+            cands, errs = stage2_candidates(spec.name, W, t, self.calibration, self.gptq_cfg, self.ggml)
+            k = min(errs, key=lambda c: (errs[c], c))
+            self.best[key] = (k, cands[k], errs)
+            val = errs[k] / (self._base[spec.name] or 1.0)
+        else:
+            a = (self.calibration.activation_importance or {}).get(spec.name)
+            D = W.astype(np.float64) - native.dequantize(self.ggml(W, t, a), t, W.shape).astype(np.float64)
+            w = np.ones(W.shape[1]) if a is None else np.asarray(a, np.float64).reshape(-1)
+            val = float((D * D * w).sum()) / (float((W.astype(np.float64) ** 2 * w).sum()) or 1.0)
+        if not math.isfinite(val):
+            raise ValueError(f"noise 'output': non-finite error for {spec.name} at {t}")
+        self._noise[key] = val
+        return val
+
+
+def output_noise_fn(weights: Mapping[str, np.ndarray], calibration: CalibrationResult, gptq_cfg,
+                    n_threads: int | None = None) -> OutputNoise:
+    """:class:`OutputNoise` with GGML's quantizers (``n_threads``); needs the Grams (and, for the Fisher and
+    activation candidates, those statistics) in ``calibration``."""
+    from actquant_core import native
+
+    if not calibration.gram:
+        raise ValueError("noise 'output' needs the layer Grams; calibration has none")
+
+    def ggml(W: np.ndarray, t: str, imp: np.ndarray | None) -> bytes:
+        return native.quantize(W, t, imp, n_threads=n_threads)
+
+    return OutputNoise(weights, calibration, gptq_cfg, ggml)
+
+
+def best_stage2(plan: QuantPlan, weights: Mapping[str, np.ndarray], quantized: dict[str, tuple[str, bytes]],
+                calibration: CalibrationResult, gptq_cfg, ggml,
+                cache: Mapping[tuple[str, str], tuple[str, bytes, dict[str, float]]] | None = None,
+                ) -> tuple[QuantPlan, dict[str, tuple[str, bytes]]]:
+    """Stage 2 "best": for every quantized entry with a Gram, the candidate with the smallest
+    :func:`output_error` among the plan's own quantization (the bytes in ``quantized``), Fisher importance (where
+    the Fisher was collected), plain (no importance, where the type allows it), activation importance and GPTQ,
+    all at the entry's type (ties keep the plan's own).  ``cache`` (``OutputNoise.best``) holds winners already
+    found while allocating; they are reused, not recomputed.  Returns the plan with each choice recorded
+    (importance, ``meta["gptq_tensors"]``, reason) and the updated bytes."""
+    grams = calibration.gram or {}
     entries, gptq_chosen, counts = [], [], {}
     quantized = dict(quantized)
+    cache = cache or {}
     for e in plan.entries:
         if e.importance not in ("fisher", "activation", "none") or e.name not in grams or e.ggml_type in ("F32", "F16"):
             entries.append(e)
             continue
         t = e.ggml_type
-        W = np.asarray(weights[e.name], np.float32).reshape(-1, e.shape[-1])
         own = e.importance
-        cands: dict[str, bytes] = {own: quantized[e.name][1]}
-        if "fisher" not in cands and e.name in fisher:
-            cands["fisher"] = ggml(W, t, np.asarray(fisher[e.name], np.float32).reshape(W.shape))
-        if "none" not in cands and not native.type_traits(t)["requires_importance"]:
-            cands["none"] = ggml(W, t, None)
-        if "activation" not in cands and e.name in act:
-            cands["activation"] = ggml(W, t, act[e.name])
-        if e.name in act and gptq_eligible(t, e.shape, gptq_cfg) is None:
-            data, status = gptq_tensors({e.name: W}, {e.name: t}, {e.name: grams[e.name]}, act, gptq_cfg, ggml,
-                                        native.dequantize)
-            if status[e.name] == "gptq":
-                cands["gptq"] = data[e.name]
-        errs = {k: output_error(W, native.dequantize(b, t, W.shape), grams[e.name]) for k, b in cands.items()}
-        best = min(errs, key=lambda k: (errs[k], k != own))  # ties keep the plan's own quantization
+        if (e.name, t) in cache and own in cache[(e.name, t)][2]:
+            k, data, errs = cache[(e.name, t)]
+            best = own if errs[own] <= errs[k] else k  # ties keep the plan's own quantization
+            data = quantized[e.name][1] if best == own else data
+        else:
+            W = np.asarray(weights[e.name], np.float32).reshape(-1, e.shape[-1])
+            cands, errs = stage2_candidates(e.name, W, t, calibration, gptq_cfg, ggml, own=(own, quantized[e.name][1]))
+            best = min(errs, key=lambda c: (errs[c], c != own))  # ties keep the plan's own quantization
+            data = cands[best]
         counts[best] = counts.get(best, 0) + 1
-        quantized[e.name] = (t, cands[best])
+        quantized[e.name] = (t, data)
         why = f"; stage2 best: {best} (output error {errs[best]:.6g}, planned {own} {errs[own]:.6g})"
         if best == "gptq":
             gptq_chosen.append(e.name)
@@ -590,7 +683,8 @@ def build_plan(
 
     ``error_fn(spec, type) -> float`` overrides the generic allocator's weighted-error function (reuse
     one :func:`.importance.weighted_error_fn` across budgets: it caches every (tensor, type) error);
-    ``noise_fn`` likewise the measured noise of ``cfg.noise == "measured"`` (:func:`measured_noise_fn`).
+    ``noise_fn`` likewise the measured noise of ``cfg.noise == "measured"`` (:func:`measured_noise_fn`) or
+    ``"output"`` (:func:`output_noise_fn`; pass its ``best`` to :func:`apply_plan` as ``stage2_cache``).
 
     Raises ``ValueError`` when the budget is below the cheapest type / assignment, or when the method's
     statistics are missing from ``calibration``.
@@ -610,7 +704,12 @@ def build_plan(
             raise ValueError("noise 'measured' needs the Fisher; calibration has none")
         w = weights if weights is not None else adapter.canonical_weights()
         noise_fn = measured_noise_fn({s.name: w[s.name] for s in specs}, calibration.fisher, n_threads)
-    if cfg.noise != "measured":
+    if cfg.noise == "output" and noise_fn is None:
+        if calibration is None:
+            raise ValueError("noise 'output' needs the layer Grams; calibration has none")
+        w = weights if weights is not None else adapter.canonical_weights()
+        noise_fn = output_noise_fn(w, calibration, cfg.gptq, n_threads)
+    if cfg.noise == "bits":
         noise_fn = None
     if m == "actquant":
         part = _actquant_part(adapter, specs, ac, cfg.inactive, noise_fn)
@@ -834,15 +933,18 @@ def quantize_policy(
                             gram_targets=gram_targets, gram_max_cols=cfg.gptq.max_cols)
     seconds["calibrate"] = time.perf_counter() - t0
 
-    # ---- plan (noise "measured" needs the Fisher of every allocated tensor first)
-    if given is None and cfg.noise == "measured":
+    # ---- plan (noise "measured" / "output" needs the Fisher of every allocated tensor first)
+    if given is None and cfg.noise in ("measured", "output"):
         names = [s.name for s in _allocated_specs(table, cfg.scope, None)]
         fisher, nb, losses, secs = calibrate_fisher(adapter, frames, cfg.calib, names)
         calibration.fisher, calibration.fisher_batches, calibration.fisher_losses = fisher, nb, losses
         seconds["fisher"] = secs
     t0 = time.perf_counter()
     weights = adapter.canonical_weights()
-    the_plan = given if given is not None else build_plan(adapter, cfg, calibration, weights, cfg.n_threads)
+    noise_fn = (output_noise_fn(weights, calibration, cfg.gptq, cfg.n_threads)
+                if given is None and cfg.noise == "output" else None)
+    the_plan = given if given is not None else build_plan(adapter, cfg, calibration, weights, cfg.n_threads,
+                                                          noise_fn=noise_fn)
     seconds["plan"] = time.perf_counter() - t0
 
     # ---- stage 2: Fisher of the tensors the plan quantizes with Fisher importance
@@ -858,7 +960,7 @@ def quantize_policy(
         seconds["fisher"] = secs
 
     return apply_plan(adapter, the_plan, weights, calibration, out_path, cfg, source=source, seconds=seconds,
-                      t_start=t_start)
+                      t_start=t_start, stage2_cache=noise_fn.best if noise_fn is not None else None)
 
 
 def apply_plan(
@@ -872,6 +974,7 @@ def apply_plan(
     source: str = "",
     seconds: dict[str, float] | None = None,
     t_start: float | None = None,
+    stage2_cache: Mapping[tuple[str, str], tuple[str, bytes, dict[str, float]]] | None = None,
 ) -> QuantizeResult:
     """Quantize ``weights`` as ``plan`` says (GGML, per-row importance from ``calibration``), refine,
     write the GGUF, the plan YAML and the report.  ``calibration`` must hold every importance the plan
@@ -906,7 +1009,7 @@ def apply_plan(
         n_fb = sum(s != "gptq" for s in gptq_status.values())
         log.info("GPTQ: %d tensor(s), %d imatrix fallback(s)", len(gptq_status) - n_fb, n_fb)
     if cfg.stage2 == "best" and not gptq_names:
-        plan, quantized = best_stage2(plan, weights, quantized, calibration, cfg.gptq, ggml)
+        plan, quantized = best_stage2(plan, weights, quantized, calibration, cfg.gptq, ggml, cache=stage2_cache)
     seconds["quantize"] = time.perf_counter() - t0
     refined: dict[str, tuple[float, float]] = {}
     if cfg.refine:

@@ -146,6 +146,61 @@ def test_stage2_best_picks_the_smallest_output_error_and_reapplies(workdir, caps
     assert out2.read_bytes() == out.read_bytes()
 
 
+def test_output_noise_prices_each_type_at_the_written_error(workdir, capsys):
+    """--noise output: the allocator's noise of every allocated tensor at its chosen type is the relative layer-output
+    error tr(dW G dW^T) / tr(W G W^T) of the bytes the file holds (stage 2 reuses the winners found while
+    allocating), the budget holds, cheaper types are never priced below dearer ones' errors by construction of
+    the search, and the plan re-applies to the same bytes."""
+    from gguf import GGUFReader
+
+    from actquant_core import native
+    from actquant_core.quant import pipeline as P
+
+    root, ckpt, data = workdir
+    out = root / "outnoise.gguf"
+    menu = "Q2_K,Q3_K,Q4_K,Q6_K"
+    assert _quantize(ckpt, data, out, "--bpw", "3.5", "--method", "actquant", "--stage2", "best", "--noise", "output",
+                     "--menu", menu, "--no-report") == 0
+    capsys.readouterr()
+    plan = QuantPlan.load(root / "outnoise.plan.yaml")
+    assert plan.meta["noise"] == "output" and plan.bpw_backbone <= 3.5 + 1e-9
+    allocated = [e for e in plan.entries if e.ggml_type in menu.split(",") and "stage2 best" in e.reason
+                 and e.name.startswith("lm.")]
+    assert allocated and len({e.ggml_type for e in allocated}) >= 1
+    adapter = P.load_policy(str(ckpt))
+    cfg = P.PipelineConfig(method="actquant", bpw=3.5, calib_frames=6, split="all",
+                           calib=P.CalibConfig(device="cpu", progress=False))
+    frames = P._frames_from(str(data), adapter, cfg, None)
+    names = [e.name for e in allocated]
+    cal = P.calibrate(adapter, frames, cfg.calib, importance_targets=names, gram_targets=names)
+    fisher, *_ = P.calibrate_fisher(adapter, frames, cfg.calib, names)
+    cal.fisher = fisher
+    weights = adapter.canonical_weights()
+    noise = P.output_noise_fn(weights, cal, cfg.gptq, n_threads=2)
+    tensors = {t.name: t for t in GGUFReader(out).tensors}
+    specs = {s.name: s for s in P._allocated_specs(adapter.tensor_table(), "backbone", None)}
+    for e in allocated:
+        W = np.asarray(weights[e.name], np.float64).reshape(-1, e.shape[-1])
+        G = cal.gram[e.name]
+        Wq = native.dequantize(bytes(tensors[e.name].data), e.ggml_type, W.shape).astype(np.float64)
+        rel = P.output_error(W, Wq, G) / (P.output_error(W, np.zeros_like(W), G))
+        np.testing.assert_allclose(noise(specs[e.name], e.ggml_type), rel, rtol=2e-3)
+        assert noise(specs[e.name], "Q2_K") >= noise(specs[e.name], "Q6_K")
+    out2 = root / "outnoise-replan.gguf"
+    assert _quantize(ckpt, data, out2, "--plan", str(root / "outnoise.plan.yaml"), "--no-report") == 0
+    capsys.readouterr()
+    assert out2.read_bytes() == out.read_bytes()
+
+
+def test_output_noise_needs_stage2_best(workdir, capsys):
+    root, ckpt, data = workdir
+    with pytest.raises((SystemExit, ValueError)) as ei:
+        rc = _quantize(ckpt, data, root / "x.gguf", "--noise", "output", "--stage2", "fisher", "--no-report")
+        raise SystemExit(rc)
+    assert ei.value.args and ei.value.args[0] != 0
+    assert "stage2='best'" in (capsys.readouterr().err + str(ei.value))
+
+
 @pytest.mark.parametrize("method,extra", [("rtn", ()), ("imatrix", ()), ("hsic-only", ()), ("fisher-only", ()),
                                           ("generic", ("--menu", "Q2_K,Q4_K")),
                                           ("actquant", ("--scope", "all", "--inactive", "cheapest"))])
