@@ -62,6 +62,9 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, default=None, help="keep the GGUF / plan / report in this folder")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "actquant_pipeline.json")
     args = ap.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # stage progress in the log
 
     import torch
 
