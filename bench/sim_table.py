@@ -3,7 +3,8 @@
 For a trained policy: full precision (F16 GGUF) and every (method, bpw) requested are quantized through the
 same pipeline and exporter, then each GGUF runs the same episodes (saved init states 0..episodes-1 of every
 task) through the native runtime. Prints and saves bench/results/sim_table.json (success per suite and overall
-with Wilson 95 % intervals, bpw, file size, latency). Each row is quantized, evaluated and saved before the
+with Wilson 95 % intervals, bpw, file size, latency); ``--merge A.json B.json`` combines per-policy tables
+into one file keyed by policy. Each row is quantized, evaluated and saved before the
 next one starts, so a run cut off by a time limit keeps its rows; ``--resume`` continues it.
 
     python bench/sim_table.py --checkpoint actquant_core/assets/policies/openvla-oft-small-sim --calib DEMOS/lerobot \
@@ -28,7 +29,7 @@ log = logging.getLogger("bench.sim_table")
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=Path("actquant_core/assets/policies/pi05-small-sim"))
-    ap.add_argument("--calib", type=Path, required=True, help="calibration dataset (LeRobot-style root)")
+    ap.add_argument("--calib", type=Path, default=None, help="calibration dataset (LeRobot-style root; required to run)")
     ap.add_argument("--methods", default="actquant,rtn,imatrix,generic",
                     help="comma list of methods or quant_table variants (e.g. actquant+floor, actquant/all+floor)")
     ap.add_argument("--bpw", default="4,3.5,3,2.5,2.25")
@@ -42,10 +43,24 @@ def main() -> int:
     ap.add_argument("--skip-fp", action="store_true", help="no full-precision row")
     ap.add_argument("--resume", action="store_true",
                     help="keep the rows already in --out (same checkpoint and settings) and run only the missing ones")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="no run: write --out as {policy folder name: table} from these per-policy tables")
     ap.add_argument("--work", type=Path, default=Path("build/sim_table"))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "sim_table.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.merge:  # one file for both policies (the bench/results/sim_table.json)
+        merged: dict[str, dict] = {}
+        for f in args.merge:
+            t = json.loads(f.read_text())
+            if "rows" not in t or "checkpoint" not in t:
+                raise SystemExit(f"--merge: {f} is not a sim_table.py table")
+            merged[Path(t["checkpoint"]).name] = {"source": str(f), **t}
+        args.out.write_text(json.dumps(merged, indent=1))
+        print(f"merged {len(merged)} tables into {args.out}")
+        return 0
+    if args.calib is None:
+        ap.error("--calib is required (except with --merge)")
 
     from actquant_core.quant.pipeline import PipelineConfig, export_reference, load_policy, quantize_policy
     from actquant_core.sim.evaluate import EvalConfig, evaluate

@@ -522,7 +522,8 @@ def output_error(W: np.ndarray, Wq: np.ndarray, gram, device: str | None = None)
     import torch
 
     dev = torch.device(device or "cpu")
-    D = torch.from_numpy(np.asarray(W, np.float64) - np.asarray(Wq, np.float64)).to(dev)
+    D = torch.from_numpy(np.ascontiguousarray(W)).to(dev, torch.float64)  # converted on the device, not in numpy
+    D -= torch.from_numpy(np.ascontiguousarray(Wq)).to(dev, torch.float64)
     G = torch.from_numpy(np.asarray(gram.gram, np.float64)).to(dev)
     return float(((D @ G) * D).sum().item()) / max(int(gram.n), 1)
 
@@ -588,8 +589,7 @@ class OutputNoise:
         if spec.name in grams:
             g = grams[spec.name]
             if spec.name not in self._base:
-                Wd = W.astype(np.float64)
-                self._base[spec.name] = output_error(Wd, np.zeros_like(Wd), g, self.gptq_cfg.device)
+                self._base[spec.name] = output_error(W, np.zeros_like(W), g, self.gptq_cfg.device)
             cands, errs = stage2_candidates(spec.name, W, t, self.calibration, self.gptq_cfg, self.ggml)
             k = min(errs, key=lambda c: (errs[c], c))
             self.best[key] = (k, cands[k], errs)
