@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from actquant_core.quant.importance import weighted_error_fn
     from actquant_core.quant.pipeline import (
         PipelineConfig, apply_plan, build_plan, compare_actions, export_reference, load_policy, measured_noise_fn,
-        output_noise_fn, runtime_actions)
+        needed_statistics, output_noise_fn, runtime_actions)
     from actquant_core import constants as C
     from actquant_core import native
 
@@ -168,9 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     shapes = {t.name: t.shape for t in adapter.tensor_table()}
     gptq_cfg = GptqConfig(device=args.device if str(args.device).startswith("cuda") else "cpu")
     gram_all = ([n for n in specs_all if shapes[n][-1] <= gptq_cfg.max_cols]
-                if any((v[1] == "gptq" or v[2].get("compensate") == "gptq" or v[2].get("stage2") == "best")
-                       and v[0] in set(args.variants.split(","))
-                       for v in VARIANTS) else [])
+                if any(needed_statistics(m, PipelineConfig(method=m, **o))["gram"]
+                       for label, m, o in VARIANTS if label in set(args.variants.split(","))) else [])
     t0 = time.perf_counter()
     cal = calibrate(adapter, frames, calib_cfg, hsic_targets=specs_all, importance_targets=specs_all,
                     gram_targets=gram_all, gram_max_cols=gptq_cfg.max_cols)

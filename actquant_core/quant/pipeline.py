@@ -820,12 +820,16 @@ def export_reference(adapter: PolicyAdapter, path: str | os.PathLike[str], ggml_
 # ----------------------------------------------------------------------------------------------------
 
 
-def needed_statistics(method: str) -> dict[str, bool]:
-    """Which calibration statistics ``method`` uses: {"hsic", "activation", "fisher", "gram"} -> bool."""
+def needed_statistics(method: str, config: PipelineConfig | None = None) -> dict[str, bool]:
+    """Which calibration statistics ``method`` uses: {"hsic", "activation", "fisher", "gram"} -> bool; with a
+    ``config``, also what its settings add (GPTQ compensation or stage 2 "best": Grams and activation
+    importance; "best" and the measured / output noise: the Fisher)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    return {"hsic": method in _NEEDS_HSIC, "activation": method in _NEEDS_ACTIVATION, "fisher": method in _NEEDS_FISHER,
-            "gram": method == "gptq"}
+    gram = method == "gptq" or (config is not None and (config.compensate == "gptq" or config.stage2 == "best"))
+    fisher = method in _NEEDS_FISHER or (config is not None and (config.stage2 == "best" or config.noise != "bits"))
+    return {"hsic": method in _NEEDS_HSIC, "activation": method in _NEEDS_ACTIVATION or gram, "fisher": fisher,
+            "gram": gram}
 
 
 def _gram_targets(plan: QuantPlan) -> list[str]:

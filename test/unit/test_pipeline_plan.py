@@ -219,3 +219,18 @@ def test_stage2_plain_drops_importance_only_where_the_type_allows(adapter, bpw):
         PipelineConfig(method="gptq", stage2="best")
     with pytest.raises(ValueError, match="stage2='best'"):
         PipelineConfig(method="actquant", stage2="best", compensate="gptq")
+
+
+def test_needed_statistics_follows_the_config():
+    from actquant_core.quant.pipeline import needed_statistics
+
+    assert needed_statistics("actquant") == {"hsic": True, "activation": False, "fisher": True, "gram": False}
+    best = needed_statistics("actquant", PipelineConfig(stage2="best", noise="output"))
+    assert best["gram"] and best["activation"] and best["fisher"]
+    assert needed_statistics("rtn")["fisher"] is False
+    assert needed_statistics("rtn", PipelineConfig(method="rtn", stage2="best"))["gram"] is True
+    assert needed_statistics("gptq")["gram"] is True
+    with pytest.raises(ValueError, match="unknown method"):
+        needed_statistics("nope")
+    with pytest.raises(ValueError, match="stage2='best'"):
+        PipelineConfig(noise="output")
