@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from actquant_core.quant.pipeline import K_QUANTS  # the RTN baseline's menu
+from actquant_core.quant.types import DEFAULT_MENU
 
 log = logging.getLogger("bench.quant_table")
 
@@ -79,6 +80,9 @@ VARIANTS = (
     # stage-2-aware allocation: each type priced at the output error of stage 2's best-of quantization
     ("actquant+floor+best+output", "actquant", {"score_floor": 0.5, "stage2": "best", "noise": "output"}),
     ("actquant+best+output", "actquant", {"stage2": "best", "noise": "output"}),
+    # … over the menu without the 1-bit codebooks (IQ1_S / IQ1_M): IQ2_XXS is the floor
+    ("actquant+floor+best+output/noiq1", "actquant",
+     {"score_floor": 0.5, "stage2": "best", "noise": "output", "menu": tuple(t for t in DEFAULT_MENU if not t.startswith("IQ1"))}),
     ("rtn+best", "rtn", {"stage2": "best"}),  # control: uniform types, the same per-tensor best quantizer
     ("imatrix+best", "imatrix", {"stage2": "best"}),  # … with the IQ types under 2.625 bpw
     ("actquant+floor+best/k", "actquant", {"score_floor": 0.5, "stage2": "best", "menu": K_QUANTS}),
