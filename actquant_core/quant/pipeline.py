@@ -522,8 +522,9 @@ def output_error(W: np.ndarray, Wq: np.ndarray, gram, device: str | None = None)
     import torch
 
     dev = torch.device(device or "cpu")
-    D = torch.from_numpy(np.ascontiguousarray(W)).to(dev, torch.float64)  # converted on the device, not in numpy
-    D -= torch.from_numpy(np.ascontiguousarray(Wq)).to(dev, torch.float64)
+    # converted on the device, not in numpy; never in place (a float64 CPU input would share W's memory)
+    D = torch.from_numpy(np.ascontiguousarray(W)).to(dev, torch.float64) - torch.from_numpy(
+        np.ascontiguousarray(Wq)).to(dev, torch.float64)
     G = torch.from_numpy(np.asarray(gram.gram, np.float64)).to(dev)
     return float(((D @ G) * D).sum().item()) / max(int(gram.n), 1)
 

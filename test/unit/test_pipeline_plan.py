@@ -234,3 +234,22 @@ def test_needed_statistics_follows_the_config():
         needed_statistics("nope")
     with pytest.raises(ValueError, match="stage2='best'"):
         PipelineConfig(noise="output")
+
+
+def test_output_error_leaves_its_inputs_alone():
+    """tr(dW G dW^T)/n against the numpy formula, for float32 and float64 inputs, without touching them."""
+    from types import SimpleNamespace
+
+    from actquant_core.quant.pipeline import output_error
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 16))
+    g = SimpleNamespace(gram=X.T @ X, n=50)
+    for dt in (np.float32, np.float64):
+        W = rng.standard_normal((8, 16)).astype(dt)
+        Wq = (W + 0.1 * rng.standard_normal((8, 16))).astype(dt)
+        W0, Wq0 = W.copy(), Wq.copy()
+        D = W.astype(np.float64) - Wq.astype(np.float64)
+        np.testing.assert_allclose(output_error(W, Wq, g), np.einsum("rc,rc->", D @ g.gram, D) / 50, rtol=1e-12)
+        np.testing.assert_array_equal(W, W0)
+        np.testing.assert_array_equal(Wq, Wq0)
