@@ -597,8 +597,9 @@ class OutputNoise:
             val = errs[k] / (self._base[spec.name] or 1.0)
         else:
             a = (self.calibration.activation_importance or {}).get(spec.name)
+            a = np.ones(W.shape[1], np.float32) if a is None else np.asarray(a, np.float32).reshape(-1)
             D = W.astype(np.float64) - native.dequantize(self.ggml(W, t, a), t, W.shape).astype(np.float64)
-            w = np.ones(W.shape[1]) if a is None else np.asarray(a, np.float64).reshape(-1)
+            w = a.astype(np.float64)
             val = float((D * D * w).sum()) / (float((W.astype(np.float64) ** 2 * w).sum()) or 1.0)
         if not math.isfinite(val):
             raise ValueError(f"noise 'output': non-finite error for {spec.name} at {t}")

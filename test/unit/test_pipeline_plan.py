@@ -253,3 +253,27 @@ def test_output_error_leaves_its_inputs_alone():
         np.testing.assert_allclose(output_error(W, Wq, g), np.einsum("rc,rc->", D @ g.gram, D) / 50, rtol=1e-12)
         np.testing.assert_array_equal(W, W0)
         np.testing.assert_array_equal(Wq, Wq0)
+
+
+def test_output_noise_without_a_gram_uses_the_diagonal_approximation():
+    """A tensor without a Gram (row length over gptq.max_cols) is priced by the activation-weighted relative error,
+    uniform weights without activation statistics, also for types that require an importance (IQ2_XXS)."""
+    from actquant_core import native
+    from actquant_core.quant.allocate import TensorSpec
+    from actquant_core.quant.calibrate import CalibrationResult
+    from actquant_core.quant.gptq import GptqConfig
+    from actquant_core.quant.pipeline import output_noise_fn
+
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((8, 256)).astype(np.float32)
+    spec = TensorSpec(name="w", shape=(8, 256), score=1.0)
+    for act in (None, rng.uniform(0.1, 2.0, 256).astype(np.float32)):
+        cal = CalibrationResult(activation_importance=None if act is None else {"w": act})
+        cal.gram = {"other": object()}  # some Gram exists, none for "w"
+        noise = output_noise_fn({"w": W}, cal, GptqConfig(), n_threads=1)
+        a = np.ones(256, np.float32) if act is None else act
+        for t in ("IQ2_XXS", "Q4_K"):
+            D = W.astype(np.float64) - native.dequantize(native.quantize(W, t, a), t, W.shape)
+            want = float((D * D * a).sum() / (W.astype(np.float64) ** 2 * a).sum())
+            np.testing.assert_allclose(noise(spec, t), want, rtol=1e-9)
+        assert noise(spec, "IQ2_XXS") > noise(spec, "Q4_K") > 0.0 and noise(spec, "F16") == 0.0
