@@ -81,9 +81,8 @@ def main() -> int:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{args.preset}: {n_params / 1e6:.0f} M parameters, built in {build_s:.0f} s", flush=True)
     frames = synthetic_frames(cfg, args.frames, args.seed)
-    gptq = GptqConfig(device=args.device)
-    if args.gptq_intra_group is not None:
-        gptq = GptqConfig(device=args.device, intra_group=args.gptq_intra_group)
+    gptq = GptqConfig(device=args.device, **({} if args.gptq_intra_group is None
+                                             else {"intra_group": args.gptq_intra_group}))
     pcfg = PipelineConfig(method=args.method, bpw=args.bpw, compensate=args.compensate, n_threads=args.threads,
                           calib_frames=args.frames, stage2=args.stage2, noise=args.noise,
                           score_floor=args.score_floor, gptq=gptq,

@@ -34,6 +34,13 @@ cpu_build() {
     > "$OUT/cpu_build.log" 2>&1 && cmake --build .devrun/build-cpu --target _native -j 16 >> "$OUT/cpu_build.log" 2>&1
   local rc=$?; echo "cpu build rc=$rc in $(( $(date +%s) - t0 )) s"; tail -3 "$OUT/cpu_build.log"; return $rc
 }
+sim_prep() {  # CPU build, EGL rendering, the calibration demos (kept on a warm machine)
+  cpu_build || return 1
+  for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+  export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json MUJOCO_GL=egl
+  [ -f .devrun/calib/demos_report.json ] || python3 -m actquant_core.sim.demos --suite all --episodes-per-task 1 \
+    --seed 1000 --out .devrun/calib --workers 15 --formats lerobot 2>&1 | tail -1 | cut -c1-200
+}
 case "${1:-}" in
   build) build ;;
   latency)
@@ -64,11 +71,7 @@ case "${1:-}" in
     build || exit 1
     timeout ${LIMIT_S:-300} python3 -m pytest -q -m gpu test/native -p no:cacheprovider 2>&1 | tail -15 ;;
   sim-table)
-    cpu_build || exit 1
-    for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-    export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json MUJOCO_GL=egl
-    [ -f .devrun/calib/demos_report.json ] || python3 -m actquant_core.sim.demos --suite all --episodes-per-task 1 \
-      --seed 1000 --out .devrun/calib --workers 15 --formats lerobot 2>&1 | tail -1 | cut -c1-200
+    sim_prep || exit 1
     NAME=${NAME:-sim_table.json}; mkdir -p .devrun/tables
     timeout ${LIMIT_S:-540} python3 bench/sim_table.py --checkpoint "$POLICY" --calib .devrun/calib/lerobot \
       --methods "$METHODS" --bpw "${BPW:-4,3.5,3,2.5,2.25}" --episodes "${EPISODES:-2}" --workers 15 --quant-threads 16 \
@@ -79,12 +82,8 @@ case "${1:-}" in
     # Several sim-table runs at once on a many-core machine (nvidia-h100-x4: 64 cores). JOBS is a ';' list of
     # POLICY|METHODS|BPW|NAME|SKIP_FP (SKIP_FP 1 = no full-precision row); COPY_POLICY=<folder> first copies a
     # trained folder to .devrun/pol/ (kept on a warm machine, so a later call can run it without carrying it).
-    cpu_build || exit 1
-    for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-    export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json MUJOCO_GL=egl
+    sim_prep || exit 1
     [ -n "${COPY_POLICY:-}" ] && mkdir -p .devrun/pol && cp -r "$COPY_POLICY" .devrun/pol/
-    [ -f .devrun/calib/demos_report.json ] || python3 -m actquant_core.sim.demos --suite all --episodes-per-task 1 \
-      --seed 1000 --out .devrun/calib --workers 16 --formats lerobot 2>&1 | tail -1 | cut -c1-200
     mkdir -p .devrun/tables .devrun/logs
     IFS=';' read -ra specs <<< "$JOBS"
     w=$(( ($(nproc) - 4) / ${#specs[@]} )); [ $w -lt 1 ] && w=1

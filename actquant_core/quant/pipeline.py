@@ -636,11 +636,14 @@ def best_stage2(plan: QuantPlan, weights: Mapping[str, np.ndarray], quantized: d
     entries, gptq_chosen, counts = [], [], {}
     quantized = dict(quantized)
     cache = cache or {}
-    todo = sum(1 for e in plan.entries if e.importance in ("fisher", "activation", "none") and e.name in grams
-               and e.ggml_type not in ("F32", "F16"))
+
+    def weighed(e: PlanEntry) -> bool:  # a quantized entry with a Gram whose quantizer stage 2 may replace
+        return e.importance in ("fisher", "activation", "none") and e.name in grams and e.ggml_type not in ("F32", "F16")
+
+    todo = sum(map(weighed, plan.entries))
     t0, done = time.perf_counter(), 0
     for e in plan.entries:
-        if e.importance not in ("fisher", "activation", "none") or e.name not in grams or e.ggml_type in ("F32", "F16"):
+        if not weighed(e):
             entries.append(e)
             continue
         done += 1
