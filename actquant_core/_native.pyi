@@ -24,6 +24,9 @@ class GgufModel:
     path: str
     file_size: int
     weights_nbytes: int
+    n_repacked: int
+    repacked_nbytes: int
+    host_resident: list[str]
     def tensor_names(self) -> list[str]: ...
     def tensor_info(self, name: str) -> tuple[str, list[int], int]: ...
     def metadata_keys(self) -> list[str]: ...

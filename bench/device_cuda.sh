@@ -4,6 +4,7 @@
 #   bash bench/device_cuda.sh latency    bench/pi05_latency.py: native CUDA per weight type vs torch bf16 on the GPU
 #   bash bench/device_cuda.sh pipeline   bench/actquant_pipeline.py: ActQuant wall time, real size, 256 frames
 #   bash bench/device_cuda.sh pipeline-bg  the same, started in its own session (ARGS=...), collected by `wait`
+#   bash bench/device_cuda.sh spy        py-spy stacks of the running pipeline-bg (where its time goes)
 #   bash bench/device_cuda.sh wait       waits (LIMIT_S) for pipeline-bg's JSON; log + JSON to $OUT
 #   bash bench/device_cuda.sh gpu-tests  the gpu-marked tests (CUDA parity, CUDA graph replay) of test/native
 #   bash bench/device_cuda.sh sim-table  bench/sim_table.py on the machine's 16 CPU cores (CPU build, EGL rendering;
@@ -47,7 +48,8 @@ case "${1:-}" in
     build || exit 1
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
     timeout ${LIMIT_S:-540} python3 bench/pi05_latency.py --preset pi05 --device cuda --threads 16 --reps 10 \
-      --types ${TYPES:-bf16,q8_0,q4_K,q3_K,q2_K} --torch-dtypes bfloat16 --out "$OUT/pi05_latency_real_cuda.json" 2>&1 \
+      --types ${TYPES:-bf16,q8_0,q4_K,q3_K,q2_K} --torch-dtypes bfloat16 --kernel-profile ${LAT_ARGS:-} \
+      --out "$OUT/${LAT_NAME:-pi05_latency_real_cuda.json}" 2>&1 \
       | grep -v -i "warn" ;;
   pipeline)
     build || exit 1
@@ -56,7 +58,8 @@ case "${1:-}" in
   pipeline-bg)
     # A pipeline longer than one call: started in its own session (it outlives the call on a warm machine);
     # `wait` collects it. ARGS: extra actquant_pipeline.py arguments (e.g. "--stage2 best").
-    cpu_build || exit 1  # the pipeline uses GGML's CPU quantizers only; torch does the GPU work
+    # the pipeline uses GGML's CPU quantizers only (torch does the GPU work): any build of the module serves
+    ls actquant_core/_native*312*.so >/dev/null 2>&1 || cpu_build || exit 1
     mkdir -p .devrun/pipe; rm -f .devrun/pipe/*
     setsid nohup python3 bench/actquant_pipeline.py --preset pi05 --frames ${FRAMES:-256} --device cuda --threads 16 \
       ${ARGS:-} --out .devrun/pipe/actquant_pipeline_real_cuda.json > .devrun/pipe/log 2>&1 < /dev/null &
@@ -67,6 +70,11 @@ case "${1:-}" in
       && pgrep -f actquant_pipeline.py >/dev/null; do sleep 5; done
     grep -v -i "warn\|eligib" .devrun/pipe/log | tail -25; nvidia-smi --query-gpu=name --format=csv,noheader
     cp .devrun/pipe/* "$OUT/" 2>/dev/null ;;
+  spy)
+    # where a running pipeline-bg spends its time: py-spy stacks of every thread (py-spy wheel in .carry/wheels)
+    pid=$(pgrep -f "bench/actquant_pipeline.py" | head -1)
+    [ -n "$pid" ] && /tmp/pylib/bin/py-spy dump --pid "$pid" 2>&1 | head -${SPY_LINES:-80}
+    grep -v -i "warn\|eligib" .devrun/pipe/log | tail -8; top -bn1 | head -15 ;;
   gpu-tests)
     build || exit 1
     timeout ${LIMIT_S:-300} python3 -m pytest -q -m gpu test/native -p no:cacheprovider 2>&1 | tail -15 ;;
@@ -98,6 +106,6 @@ case "${1:-}" in
     done
     wait
     tar czf "$OUT/sim_tables.tgz" .devrun/tables .devrun/logs ;;
-  *) echo "usage: $0 build|latency|pipeline|gpu-tests|sim-table|sim-tables"; exit 2 ;;
+  *) echo "usage: $0 build|latency|pipeline|pipeline-bg|wait|spy|gpu-tests|sim-table|sim-tables"; exit 2 ;;
 esac
 echo "device_cuda.sh $1: $(( $(date +%s) - t0 )) s"

@@ -67,6 +67,34 @@ class RandomCanonical(Mapping):
         return np.float32(0.02) * x
 
 
+def kernel_profile(fn, top: int = 20) -> dict:
+    """One call of ``fn`` under torch.profiler (CUDA activity): kernel launches, summed kernel time, the ``top``
+    kernels by time (name, count, ms) and host-to-device / device-to-host copy volume."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    agg: dict[str, list[float]] = {}
+    copies: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        name = e.name
+        if name.startswith("Memcpy") or name.startswith("Memset"):
+            copies[name] = copies.get(name, 0.0) + e.device_time_total / 1e3
+            continue
+        a = agg.setdefault(name, [0, 0.0])
+        a[0] += 1
+        a[1] += e.device_time_total / 1e3
+    rows = sorted(({"name": k, "count": int(v[0]), "ms": v[1]} for k, v in agg.items()), key=lambda x: -x["ms"])
+    return {"launches": int(sum(v[0] for v in agg.values())), "gpu_ms": float(sum(v[1] for v in agg.values())),
+            "copies_ms": copies, "top": rows[:top]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="pi05")
@@ -80,6 +108,9 @@ def main() -> int:
     ap.add_argument("--torch-dtypes", default="float32,bfloat16",
                     help="torch reference dtypes; the speed-up is against the first")
     ap.add_argument("--torch-device", default=None, help="torch reference device (default: cuda with --device cuda, else cpu)")
+    ap.add_argument("--kernel-profile", action="store_true",
+                    help="CUDA: after timing, record one chunk's GPU kernels with torch.profiler (CUPTI sees every "
+                         "kernel of the process, GGML's included) and save the kernel count, GPU time and the top kernels")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pi05_latency.json")
     args = ap.parse_args()
 
@@ -137,6 +168,11 @@ def main() -> int:
                 }
                 print(f"native {key:12s} {r['file_mb']:8.1f} MB  {r['latency_ms_p50']:9.1f} ms/chunk"
                       f"  (+{rss1 - rss0:.0f} MB RSS, {rt.backend})", flush=True)
+                if args.kernel_profile and args.device.startswith("cuda"):
+                    r["kernels"] = kernel_profile(lambda: rt.infer(obs, noise=noise))
+                    k = r["kernels"]
+                    print(f"  {k['launches']} kernels, {k['gpu_ms']:.1f} ms of GPU time; top: "
+                          + "; ".join(f"{x['name'][:40]} {x['ms']:.1f} ms x{x['count']}" for x in k["top"][:6]), flush=True)
                 del rt
             path.unlink()
     if not args.no_torch:

@@ -172,6 +172,7 @@ PYBIND11_MODULE(_native, m) {
         .def_property_readonly("weights_nbytes", &GgufModel::weights_nbytes)
         .def_property_readonly("n_repacked", &GgufModel::n_repacked)
         .def_property_readonly("repacked_nbytes", &GgufModel::repacked_nbytes)
+        .def_property_readonly("host_resident", &GgufModel::host_resident)
         .def("tensor_names", &GgufModel::tensor_names)
         .def("tensor_info",
              [](const GgufModel & self, const std::string & name) {

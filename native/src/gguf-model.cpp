@@ -28,6 +28,24 @@ std::vector<int64_t> numpy_shape_of(const ggml_tensor * t) {
     for (int i = nd - 1; i >= 0; --i) s.push_back(t->ne[i]);
     return s;
 }
+
+bool is_embedding(const std::string & name) {
+    static const std::string suffix = "token_embd.weight";
+    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Whether ``gpu`` runs GET_ROWS on a table of ``w``'s type (asked of the backend, not a hard-coded list).
+bool gpu_gathers(ggml_backend_t gpu, const ggml_tensor * w) {
+    ggml_init_params p{/*mem_size=*/4 * ggml_tensor_overhead(), /*mem_buffer=*/nullptr, /*no_alloc=*/true};
+    ggml_context * ctx = ggml_init(p);
+    if (ctx == nullptr) return true;
+    ggml_tensor * table = ggml_new_tensor_2d(ctx, w->type, w->ne[0], 2);
+    ggml_tensor * rows = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, 1);
+    const bool ok = ggml_backend_supports_op(gpu, ggml_get_rows(ctx, table, rows));
+    ggml_free(ctx);
+    return ok;
+}
+
 }  // namespace
 
 void GgufModel::fail(const std::string & what) const { throw FileError("GGUF '" + path_ + "': " + what); }
@@ -92,9 +110,7 @@ GgufModel::GgufModel(const std::string & path, Backend * backend) : path_(path) 
         const size_t align = backend->repack_buft() ? ggml_backend_buft_get_alignment(backend->repack_buft()) : 1;
         for (int64_t i = 0; i < n; ++i) {
             ggml_tensor * t = by_name_[gguf_get_tensor_name(gguf_, i)];
-            const std::string name = t->name;
-            const bool embedding = name.size() >= 17 && name.compare(name.size() - 17, 17, "token_embd.weight") == 0;
-            if (!embedding && backend->repack_supported(t)) {
+            if (!is_embedding(t->name) && backend->repack_supported(t)) {
                 packed.push_back(t);
                 packed_bytes += GGML_PAD(ggml_nbytes(t), align);
             }
@@ -135,17 +151,57 @@ GgufModel::GgufModel(const std::string & path, Backend * backend) : path_(path) 
             }
         }
     } else {
-        buffer_ = ggml_backend_alloc_ctx_tensors(ctx_, backend->primary());
-        if (buffer_ == nullptr) fail("could not allocate weights on " + backend->description());
-        ggml_backend_buffer_set_usage(buffer_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+        // Embedding tables whose type the GPU cannot gather (GET_ROWS of K-quants / IQ types on CUDA) stay in
+        // host memory (zero copy over the mapping): the scheduler then gathers their rows on the CPU and uploads
+        // only [tokens, width].  On the GPU the whole table would be copied back to the host on every call.
+        std::vector<ggml_tensor *> on_gpu;
+        size_t gpu_bytes = 0;
+        ggml_backend_buffer_type_t gpu_buft = ggml_backend_get_default_buffer_type(backend->primary());
+        const size_t align = ggml_backend_buft_get_alignment(gpu_buft);
         for (int64_t i = 0; i < n; ++i) {
             ggml_tensor * t = by_name_[gguf_get_tensor_name(gguf_, i)];
-            ggml_backend_tensor_set(t, map_ + data_off + gguf_get_tensor_offset(gguf_, i), 0, ggml_nbytes(t));
+            if (is_embedding(t->name) && !gpu_gathers(backend->primary(), t)) {
+                host_resident_.push_back(t->name);
+            } else {
+                on_gpu.push_back(t);
+                gpu_bytes += GGML_PAD(ggml_backend_buft_get_alloc_size(gpu_buft, t), align);
+            }
+        }
+        if (!on_gpu.empty()) {
+            buffer_ = ggml_backend_buft_alloc_buffer(gpu_buft, gpu_bytes + align);
+            if (buffer_ == nullptr) {
+                fail("could not allocate " + std::to_string(gpu_bytes >> 20) + " MiB of weights on " +
+                     backend->description());
+            }
+            ggml_backend_buffer_set_usage(buffer_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+            ggml_tallocr talloc = ggml_tallocr_new(buffer_);
+            for (ggml_tensor * t : on_gpu) {
+                if (ggml_tallocr_alloc(&talloc, t) != GGML_STATUS_SUCCESS) {
+                    fail(std::string("could not place tensor '") + t->name + "' on " + backend->description());
+                }
+            }
+        }
+        if (!host_resident_.empty()) {
+            host_buffer_ = ggml_backend_cpu_buffer_from_ptr(map_, size_);
+            if (host_buffer_ == nullptr) fail("could not wrap the mapping in a CPU buffer");
+            ggml_backend_buffer_set_usage(host_buffer_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+        }
+        for (int64_t i = 0; i < n; ++i) {
+            ggml_tensor * t = by_name_[gguf_get_tensor_name(gguf_, i)];
+            uint8_t * addr = map_ + data_off + gguf_get_tensor_offset(gguf_, i);
+            if (t->buffer == nullptr) {
+                if (ggml_backend_tensor_alloc(host_buffer_, t, addr) != GGML_STATUS_SUCCESS) {
+                    fail(std::string("could not place tensor '") + t->name + "' in host memory");
+                }
+            } else {
+                ggml_backend_tensor_set(t, addr, 0, ggml_nbytes(t));
+            }
         }
     }
 }
 
 GgufModel::~GgufModel() {
+    if (host_buffer_) ggml_backend_buffer_free(host_buffer_);
     if (packed_buffer_) ggml_backend_buffer_free(packed_buffer_);
     if (buffer_) ggml_backend_buffer_free(buffer_);
     if (ctx_) ggml_free(ctx_);

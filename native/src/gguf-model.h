@@ -49,6 +49,9 @@ public:
     // Weights converted into the CPU backend's repacked layout at load (Backend repack on; 0 otherwise).
     int n_repacked() const { return n_packed_; }
     size_t repacked_nbytes() const { return packed_nbytes_; }
+    // GPU backends: embedding tables kept in host memory because the GPU cannot gather rows of their type
+    // (their GET_ROWS runs on the CPU, only the gathered rows are uploaded).
+    const std::vector<std::string> & host_resident() const { return host_resident_; }
 
 private:
     std::string path_;
@@ -59,6 +62,8 @@ private:
     ggml_context * ctx_ = nullptr;
     ggml_backend_buffer_t buffer_ = nullptr;
     ggml_backend_buffer_t packed_buffer_ = nullptr;
+    ggml_backend_buffer_t host_buffer_ = nullptr;  // GPU backends: tables kept in host memory (see below)
+    std::vector<std::string> host_resident_;
     int n_packed_ = 0;
     size_t packed_nbytes_ = 0;
     size_t weights_nbytes_ = 0;
