@@ -425,7 +425,7 @@ def calibrate(
             if name in imp_set or name in gram_set:
                 rows = adapter.rows(kind, x, batch, config.pooling).float()
                 if name in imp_set:
-                    imp.add_batch(name, rows.cpu())
+                    imp.add_batch(name, rows)
                 if name in gram_set:
                     gram.add_batch(name, rows)
             if name in hsic_set:

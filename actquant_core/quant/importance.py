@@ -54,27 +54,31 @@ class ActivationImportanceAccumulator:
     """
 
     def __init__(self) -> None:
-        self._sum: dict[str, np.ndarray] = {}
+        self._sum: dict[str, object] = {}  # torch float64 [cols], on the device of the tensor's first batch
         self._count: dict[str, int] = {}
 
     def add_batch(self, name: str, x) -> None:
-        arr = x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x, dtype=np.float32)
-        if arr.ndim == 0:
+        """Adds ``x`` (torch tensor on any device, or array-like); sums stay on that device (a GPU calibration
+        never copies its activations to the host: real-size rows are ~10^7 values per tensor and batch)."""
+        import torch
+
+        t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x, dtype=np.float32))
+        if t.ndim == 0:
             raise ValueError(f"{name}: activation must be [..., cols], got a scalar")
-        arr = arr.reshape(-1, arr.shape[-1]).astype(np.float64)
-        if arr.shape[0] == 0:
+        t = t.reshape(-1, t.shape[-1])
+        if t.shape[0] == 0:
             raise ValueError(f"{name}: empty activation batch")
-        if not np.isfinite(arr).all():
+        if name in self._sum and self._sum[name].shape[0] != t.shape[1]:
+            raise ValueError(f"{name}: column count changed from {self._sum[name].shape[0]} to {t.shape[1]}")
+        s = torch.square(t.to(torch.float64)).sum(0)
+        if not bool(torch.isfinite(s).all()):  # a NaN/Inf input, or a square that overflows float64
             raise ValueError(f"{name}: activation contains NaN or Inf")
-        if name in self._sum and self._sum[name].shape[0] != arr.shape[1]:
-            raise ValueError(f"{name}: column count changed from {self._sum[name].shape[0]} to {arr.shape[1]}")
-        s = np.square(arr).sum(0)
         if name in self._sum:
-            self._sum[name] += s
-            self._count[name] += arr.shape[0]
+            self._sum[name] += s.to(self._sum[name].device)
+            self._count[name] += int(t.shape[0])
         else:
             self._sum[name] = s
-            self._count[name] = arr.shape[0]
+            self._count[name] = int(t.shape[0])
 
     def attach(self, modules: Mapping[str, object]) -> list:
         """Register forward pre-hooks on ``{tensor name: torch module}``; returns the hook handles."""
@@ -88,7 +92,7 @@ class ActivationImportanceAccumulator:
     def solve(self) -> dict[str, np.ndarray]:
         if not self._sum:
             raise ValueError("ActivationImportanceAccumulator.solve: no activation was added")
-        return {n: (s / self._count[n]).astype(np.float32) for n, s in self._sum.items()}
+        return {n: (s.cpu().numpy() / self._count[n]).astype(np.float32) for n, s in self._sum.items()}
 
 
 def weighted_error_fn(

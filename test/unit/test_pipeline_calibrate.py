@@ -151,3 +151,32 @@ def test_policy_targets_use_the_policys_own_actions_and_no_sampling_activations(
     (x,) = seen
     want = (x.reshape(-1, x.shape[-1]) ** 2).mean(0).numpy()
     np.testing.assert_allclose(res.activation_importance[name], want, rtol=TOL_POOL, atol=1e-7)
+
+
+def test_activation_importance_accumulator_streams_mean_square():
+    """Mean of x_c^2 over every row of every batch, numpy and torch batches mixed (torch sums stay on the
+    batch's device); bad batches are named."""
+    import torch
+
+    from actquant_core.quant.importance import ActivationImportanceAccumulator
+
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((2, 5, 6)).astype(np.float32) * (i + 1) for i in range(3)]
+    acc = ActivationImportanceAccumulator()
+    acc.add_batch("w", xs[0])
+    acc.add_batch("w", torch.from_numpy(xs[1]))
+    acc.add_batch("w", torch.from_numpy(xs[2]).reshape(10, 6))
+    want = np.concatenate([x.reshape(-1, 6) for x in xs]).astype(np.float64)
+    got = acc.solve()["w"]
+    assert got.dtype == np.float32 and got.shape == (6,)
+    np.testing.assert_allclose(got, np.square(want).mean(0), rtol=1e-6)
+    bad = xs[0].copy()
+    bad[0, 1, 2] = np.nan
+    with pytest.raises(ValueError, match="w: activation contains NaN"):
+        acc.add_batch("w", torch.from_numpy(bad))
+    with pytest.raises(ValueError, match="column count changed from 6 to 4"):
+        acc.add_batch("w", xs[0][..., :4])
+    with pytest.raises(ValueError, match="empty activation batch"):
+        acc.add_batch("v", np.zeros((0, 3), np.float32))
+    with pytest.raises(ValueError, match="no activation was added"):
+        ActivationImportanceAccumulator().solve()
