@@ -16,6 +16,7 @@ import numpy as np
 
 from actquant_core import constants as C
 from actquant_core.gguf import TensorEntry, WriteResult, write_policy_gguf
+from actquant_core.gguf.writer import file_order
 from actquant_core.gguf.bpw import block_layout
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def export_tensors(
 ) -> WriteResult:
     """Writes canonical ``tensors`` with per-tensor types; returns the write result (bpw summary included)."""
     def entries():  # lazily: each float tensor is dropped once GGML has encoded it (real-size models)
-        for name, arr in tensors.items():
+        for name in file_order(tensors):
+            arr = tensors[name]
             shape = tuple(int(d) for d in arr.shape)
             t = type_for(name, shape).upper()
             if not fits(t, shape):

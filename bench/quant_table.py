@@ -41,6 +41,7 @@ import logging
 import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,8 @@ VARIANTS = (
     # … over the menu without the 1-bit codebooks (IQ1_S / IQ1_M): IQ2_XXS is the floor
     ("actquant+floor+best+output/noiq1", "actquant",
      {"score_floor": 0.5, "stage2": "best", "noise": "output", "menu": tuple(t for t in DEFAULT_MENU if not t.startswith("IQ1"))}),
+    # stage 2 "best" with block-wise GPTQ only (no recursion inside a 256-block): what the real-size run can afford
+    ("actquant+floor+best/g0", "actquant", {"score_floor": 0.5, "stage2": "best", "gptq_intra_group": 0}),
     ("rtn+best", "rtn", {"stage2": "best"}),  # control: uniform types, the same per-tensor best quantizer
     ("imatrix+best", "imatrix", {"stage2": "best"}),  # … with the IQ types under 2.625 bpw
     ("actquant+floor+best/k", "actquant", {"score_floor": 0.5, "stage2": "best", "menu": K_QUANTS}),
@@ -172,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     shapes = {t.name: t.shape for t in adapter.tensor_table()}
     gptq_cfg = GptqConfig(device=args.device if str(args.device).startswith("cuda") else "cpu")
     gram_all = ([n for n in specs_all if shapes[n][-1] <= gptq_cfg.max_cols]
-                if any(needed_statistics(m, PipelineConfig(method=m, **o))["gram"]
+                if any(needed_statistics(m, PipelineConfig(method=m, **{k: v for k, v in o.items() if k != "gptq_intra_group"}))["gram"]
                        for label, m, o in VARIANTS if label in set(args.variants.split(","))) else [])
     t0 = time.perf_counter()
     cal = calibrate(adapter, frames, calib_cfg, hsic_targets=specs_all, importance_targets=specs_all,
@@ -198,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         if label not in wanted:
             continue
         for bpw in bpws:
-            pc = PipelineConfig(method=method, bpw=bpw, report=False, n_threads=n_threads, calib=calib_cfg, gptq=gptq_cfg,
-                                **overrides)
+            o = dict(overrides)
+            g = replace(gptq_cfg, intra_group=o.pop("gptq_intra_group")) if "gptq_intra_group" in o else gptq_cfg
+            pc = PipelineConfig(method=method, bpw=bpw, report=False, n_threads=n_threads, calib=calib_cfg, gptq=g, **o)
             row = {"variant": label, "method": method, "scope": pc.scope, "inactive": pc.inactive, "score": pc.score,
                    "score_floor": pc.score_floor, "noise": pc.noise, "refine": pc.refine,
                    "compensate": pc.compensate, "bpw": bpw}
@@ -215,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             plan_s = time.perf_counter() - t0
             out = args.work / f"{label.replace('/', '-')}-{bpw}.gguf"
             res = apply_plan(adapter, plan, weights, cal, out, pc, source=ckpt,
-                             stage2_cache=out_noise.best if out_noise is not None else None)
+                             stage2_cache=out_noise.best if out_noise is not None and pc.gptq == gptq_cfg else None)
             A_q, _ = runtime_actions(out, eval_frames, seed=args.seed, n_threads=n_threads)
             err = compare_actions(A_q, A_ref, pre, adapter.action_dims)
             row.update(status="ok", bpw_backbone=plan.bpw_backbone, bpw_backbone_nominal=plan.bpw_backbone_nominal,

@@ -55,6 +55,37 @@ class WriteResult:
     bpw: BpwSummary | None = None
 
 
+# Weights the native runtime reads as one stacked matrix when they lie back to back in the file (q/k/v: one
+# matmul instead of three; gate/up on a GPU): native/src/gguf-model.h GgufModel::fused.
+FUSION_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("attn_q.weight", "attn_k.weight", "attn_v.weight"),
+    ("ffn_gate.weight", "ffn_up.weight"),
+)
+
+
+def file_order(names: Iterable[str]) -> list[str]:
+    """``names`` in the order to write them: unchanged, except that the members of each fusion group of one
+    block (``FUSION_GROUPS``, e.g. ``lm.blk.3.attn_q/k/v.weight``) follow each other in group order, where the
+    first of them appeared."""
+    names = list(names)
+    present = set(names)
+    out: list[str] = []
+    done: set[str] = set()
+    for n in names:
+        if n in done:
+            continue
+        group = [n]
+        for g in FUSION_GROUPS:
+            suffix = next((x for x in g if n.endswith("." + x) or n == x), None)
+            if suffix is not None:
+                stem = n[: len(n) - len(suffix)]
+                group = [stem + x for x in g if stem + x in present and stem + x not in done]
+                break
+        out.extend(group)
+        done.update(group)
+    return out
+
+
 def encode_tensor(entry: TensorEntry, n_threads: int | None = None) -> tuple[np.ndarray, Any]:
     """Returns (array for GGUFWriter.add_tensor, raw_dtype or None) for one entry."""
     t = entry.type_name.upper()

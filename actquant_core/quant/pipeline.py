@@ -785,11 +785,12 @@ def write_quantized_gguf(
     Goes through ``actquant_core.gguf.writer.write_policy_gguf`` (raw bytes per entry); F32 / F16 tensors
     are written from ``weights``.
     """
-    from actquant_core.gguf.writer import TensorEntry, write_policy_gguf
+    from actquant_core.gguf.writer import TensorEntry, file_order, write_policy_gguf
 
     meta = adapter.gguf_metadata()
     entries = []
-    for e in plan.entries:
+    by_name = {e.name: e for e in plan.entries}
+    for e in (by_name[n] for n in file_order(by_name)):
         t, raw = quantized[e.name]
         arr = np.asarray(weights[e.name])
         if tuple(arr.shape) != tuple(e.shape):

@@ -81,6 +81,16 @@ class OftRuntime:
     def backend(self) -> str:
         return self._rt.backend
 
+    @property
+    def fused_weights(self) -> list[str]:
+        """Weights the native graph reads as one stacked matrix (q/k/v of each Llama block), once built."""
+        return list(self._rt.fused_weights)
+
+    @property
+    def host_resident(self) -> list[str]:
+        """GPU backends: embedding tables kept in host memory (the GPU cannot gather rows of their type)."""
+        return list(self._rt.host_resident)
+
     def infer_model_inputs(
         self, inputs: OftInputs, collect: list[str] | tuple[str, ...] = ()
     ) -> tuple[np.ndarray, dict[str, float], dict[str, np.ndarray]]:

@@ -63,6 +63,16 @@ class Pi05Runtime:
     def backend(self) -> str:
         return self._rt.backend
 
+    @property
+    def fused_weights(self) -> list[str]:
+        """Weights the native graph reads as one stacked matrix (q/k/v; gate/up on a GPU), once built."""
+        return list(self._rt.fused_weights)
+
+    @property
+    def host_resident(self) -> list[str]:
+        """GPU backends: embedding tables kept in host memory (the GPU cannot gather rows of their type)."""
+        return list(self._rt.host_resident)
+
     def reseed(self, seed: int | np.random.SeedSequence) -> None:
         """Restart the noise stream (the flow-matching start noise of every later call) from ``seed``."""
         self._rng = np.random.default_rng(seed)

@@ -1,5 +1,8 @@
 #include "gguf-model.h"
 
+#include <algorithm>
+#include <set>
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -29,10 +32,46 @@ std::vector<int64_t> numpy_shape_of(const ggml_tensor * t) {
     return s;
 }
 
-bool is_embedding(const std::string & name) {
-    static const std::string suffix = "token_embd.weight";
-    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+// The weights fused() stacks, by name suffix (actquant_core/gguf/writer.py FUSION_GROUPS writes them in this
+// order); GPU placement follows it, so a group's members are allocated back to back.
+const std::vector<std::vector<std::string>> kFusionGroups = {
+    {"attn_q.weight", "attn_k.weight", "attn_v.weight"},
+    {"ffn_gate.weight", "ffn_up.weight"},
+};
+
+bool ends_with(const std::string & s, const std::string & suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
+
+// names in file order, except that each fusion group's members present follow each other (group order), where
+// the first of them appears.
+std::vector<std::string> placement_order(const std::vector<std::string> & names) {
+    std::set<std::string> present(names.begin(), names.end()), done;
+    std::vector<std::string> out;
+    for (const auto & n : names) {
+        if (done.count(n)) continue;
+        std::vector<std::string> group{n};
+        for (const auto & g : kFusionGroups) {
+            for (const auto & suffix : g) {
+                if (!ends_with(n, "." + suffix)) continue;
+                const std::string stem = n.substr(0, n.size() - suffix.size());
+                group.clear();
+                for (const auto & x : g) {
+                    if (present.count(stem + x) && !done.count(stem + x)) group.push_back(stem + x);
+                }
+                break;
+            }
+            if (group.size() != 1 || group[0] != n) break;
+        }
+        for (const auto & x : group) {
+            out.push_back(x);
+            done.insert(x);
+        }
+    }
+    return out;
+}
+
+bool is_embedding(const std::string & name) { return ends_with(name, "token_embd.weight"); }
 
 // Whether ``gpu`` runs GET_ROWS on a table of ``w``'s type (asked of the backend, not a hard-coded list).
 bool gpu_gathers(ggml_backend_t gpu, const ggml_tensor * w) {
@@ -158,8 +197,8 @@ GgufModel::GgufModel(const std::string & path, Backend * backend) : path_(path) 
         size_t gpu_bytes = 0;
         ggml_backend_buffer_type_t gpu_buft = ggml_backend_get_default_buffer_type(backend->primary());
         const size_t align = ggml_backend_buft_get_alignment(gpu_buft);
-        for (int64_t i = 0; i < n; ++i) {
-            ggml_tensor * t = by_name_[gguf_get_tensor_name(gguf_, i)];
+        for (const std::string & name : placement_order(tensor_names())) {
+            ggml_tensor * t = by_name_[name];
             if (is_embedding(t->name) && !gpu_gathers(backend->primary(), t)) {
                 host_resident_.push_back(t->name);
             } else {
@@ -202,6 +241,7 @@ GgufModel::GgufModel(const std::string & path, Backend * backend) : path_(path) 
 
 GgufModel::~GgufModel() {
     if (host_buffer_) ggml_backend_buffer_free(host_buffer_);
+    if (fused_ctx_) ggml_free(fused_ctx_);
     if (packed_buffer_) ggml_backend_buffer_free(packed_buffer_);
     if (buffer_) ggml_backend_buffer_free(buffer_);
     if (ctx_) ggml_free(ctx_);
@@ -226,6 +266,51 @@ ggml_tensor * GgufModel::get(const std::string & name) const {
     ggml_tensor * t = find(name);
     if (t == nullptr) fail("missing tensor '" + name + "'");
     return t;
+}
+
+ggml_tensor * GgufModel::fused(const std::vector<std::string> & parts, const std::string & name) {
+    auto it = fused_.find(name);
+    if (it != fused_.end()) return it->second;
+    fused_[name] = nullptr;
+    if (parts.size() < 2) return nullptr;
+    int64_t rows = 0;
+    ggml_tensor * first = find(parts[0]);
+    for (size_t i = 0; i < parts.size(); ++i) {
+        ggml_tensor * t = find(parts[i]);
+        if (t == nullptr || t->buffer == nullptr || t->data == nullptr || ggml_n_dims(t) > 2) return nullptr;
+        if (t->type != first->type || t->ne[0] != first->ne[0] || t->buffer != first->buffer) return nullptr;
+        if (t->buffer == packed_buffer_ && packed_buffer_ != nullptr) return nullptr;
+        if (!ggml_is_contiguous(t)) return nullptr;
+        if (i > 0) {
+            ggml_tensor * prev = find(parts[i - 1]);
+            if ((const char *) t->data != (const char *) prev->data + ggml_nbytes(prev)) return nullptr;
+        }
+        rows += t->ne[1];
+    }
+    if (fused_ctx_ == nullptr) {
+        ggml_init_params p{/*mem_size=*/256 * ggml_tensor_overhead(), /*mem_buffer=*/nullptr, /*no_alloc=*/true};
+        fused_ctx_ = ggml_init(p);
+        if (fused_ctx_ == nullptr) return nullptr;
+    }
+    if (ggml_get_mem_size(fused_ctx_) - ggml_used_mem(fused_ctx_) < ggml_tensor_overhead()) return nullptr;  // full: parts serve
+    ggml_tensor * f = ggml_new_tensor_2d(fused_ctx_, first->type, first->ne[0], rows);
+    ggml_set_name(f, name.c_str());
+    const char * base = (const char *) ggml_backend_buffer_get_base(first->buffer);
+    if ((const char *) first->data + ggml_backend_buffer_get_alloc_size(first->buffer, f) >
+        base + ggml_backend_buffer_get_size(first->buffer)) {
+        return nullptr;
+    }
+    if (ggml_backend_tensor_alloc(first->buffer, f, first->data) != GGML_STATUS_SUCCESS) return nullptr;
+    return fused_[name] = f;
+}
+
+std::vector<std::string> GgufModel::fused_names() const {
+    std::vector<std::string> out;
+    for (const auto & [name, t] : fused_) {
+        if (t != nullptr) out.push_back(name);
+    }
+    std::sort(out.begin(), out.end());
+    return out;
 }
 
 ggml_tensor * GgufModel::get(const std::string & name, const std::vector<int64_t> & numpy_shape) const {

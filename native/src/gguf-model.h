@@ -34,6 +34,15 @@ public:
     ggml_tensor * get(const std::string & name) const;
     // get() + shape check (numpy order: {rows, cols} = ggml {ne1, ne0}); throws FileError naming both shapes.
     ggml_tensor * get(const std::string & name, const std::vector<int64_t> & numpy_shape) const;
+    // Rows of several 2-D weights as one tensor, without a copy: the parts' rows stacked in order (numpy
+    // [sum rows, cols]), when they share type and row length, sit back to back in one plain buffer (GPU
+    // weights are placed with each q/k/v and gate/up group back to back; on the CPU the mapping follows the
+    // file, which our writer orders that way; never the CPU repack buffer, whose layout is per tensor).
+    // Returns nullptr otherwise (or when a part is absent): the caller then uses the parts. One matmul by the result equals the parts' matmuls stacked.
+    // The result is cached under ``name``.
+    ggml_tensor * fused(const std::vector<std::string> & parts, const std::string & name);
+    // Names of the fused() tensors made so far (the graphs built use them).
+    std::vector<std::string> fused_names() const;
     // Host pointer to a tensor's bytes inside the mapping.
     const uint8_t * host_data(const std::string & name) const;
 
@@ -68,6 +77,8 @@ private:
     size_t packed_nbytes_ = 0;
     size_t weights_nbytes_ = 0;
     std::unordered_map<std::string, ggml_tensor *> by_name_;
+    ggml_context * fused_ctx_ = nullptr;  // metadata of fused() tensors (they point into the weight buffers)
+    std::unordered_map<std::string, ggml_tensor *> fused_;
 
     [[noreturn]] void fail(const std::string & what) const;
 };

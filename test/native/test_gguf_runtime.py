@@ -184,3 +184,20 @@ def test_tensor_type_mismatch_is_reported(tmp_path):
         native.GgufModel(path, native.Backend(1))
     with pytest.raises(PolicyFileError, match=r"mismatch\.gguf"):
         read_policy_gguf(path)
+
+
+def test_file_order_puts_fusion_groups_back_to_back():
+    """q/k/v and gate/up of one block follow each other where the first appeared; everything else keeps its
+    order; a block with only some members keeps those; nothing is lost or repeated."""
+    from actquant_core.gguf.writer import file_order
+
+    names = ["a.norm", "lm.blk.0.attn_q.weight", "lm.blk.1.attn_q.weight", "lm.blk.0.attn_k.weight",
+             "lm.blk.1.attn_v.weight", "lm.blk.0.attn_v.weight", "lm.blk.1.attn_k.weight",
+             "lm.blk.0.ffn_up.weight", "x.y", "lm.blk.0.ffn_gate.weight", "ex.blk.0.attn_k.weight",
+             "ex.blk.0.attn_q.weight", "v.blk.0.attn_q.weight"]
+    got = file_order(names)
+    assert sorted(got) == sorted(names) and len(got) == len(names)
+    assert got == ["a.norm", "lm.blk.0.attn_q.weight", "lm.blk.0.attn_k.weight", "lm.blk.0.attn_v.weight",
+                   "lm.blk.1.attn_q.weight", "lm.blk.1.attn_k.weight", "lm.blk.1.attn_v.weight",
+                   "lm.blk.0.ffn_gate.weight", "lm.blk.0.ffn_up.weight", "x.y",
+                   "ex.blk.0.attn_q.weight", "ex.blk.0.attn_k.weight", "v.blk.0.attn_q.weight"]

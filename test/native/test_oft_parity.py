@@ -85,6 +85,9 @@ def test_stage_by_stage_f32(tiny):
         assert err < TOL_F32, (name, err)
     assert _rel(actions, ref[0].numpy()) < TOL_F32
     assert timing["compute"] > 0
+    # the graph compared above read each Llama block's q/k/v as one stacked matrix (the F32 file has them back
+    # to back): the fused path is the one under test
+    assert rt.fused_weights == sorted(f"lm.blk.{i}.attn_qkv.weight" for i in range(cfg.lm_depth)), rt.fused_weights
 
 
 def test_observation_path_unnormalises(tiny):

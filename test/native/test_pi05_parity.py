@@ -245,6 +245,7 @@ def test_cuda_matches_torch_and_graph_replay(tiny):
     cfg, model, path = tiny
     rt = Pi05Runtime(path, n_threads=2, device="cuda")
     assert rt.backend.startswith("CUDA")
+    # F32 weights on the GPU: q/k/v and gate/up stacked, GEGLU as one node -- the comparisons below cover it
     inp, noise = _inputs(rt, cfg)
     collect = _collect(cfg, inp)
     actions, _, inter = rt.infer_model_inputs(inp, noise, collect)
@@ -289,8 +290,40 @@ def test_cuda_keeps_ungatherable_embedding_in_host_memory(tmp_path):
     assert native.GgufModel(str(q4), gpu).host_resident == ["lm.token_embd.weight"]
     assert native.GgufModel(str(f16), gpu).host_resident == []
     cpu_rt, gpu_rt = Pi05Runtime(q4, n_threads=2), Pi05Runtime(q4, n_threads=2, device="cuda")
+    assert gpu_rt.host_resident == ["lm.token_embd.weight"]
     inp, noise = _inputs(cpu_rt, cfg)
     a_cpu, _, _ = cpu_rt.infer_model_inputs(inp, noise)
     for _ in range(3):  # the third call replays a CUDA graph
         a_gpu, _, _ = gpu_rt.infer_model_inputs(inp, noise)
         assert _rel(a_gpu, a_cpu) < TOL_CUDA_VS_CPU_Q4K
+    # on the GPU q/k/v and gate/up are read as stacked matrices (one matmul each; GEGLU on the stacked output);
+    # on the CPU the Q4_K weights sit in the repack buffer, which is per tensor: nothing is fused there
+    fused = gpu_rt.fused_weights
+    for blk in ("lm.blk.0.", "ex.blk.0."):
+        assert blk + "attn_qkv.weight" in fused and blk + "ffn_gate_up.weight" in fused, fused
+    assert cpu_rt.fused_weights == []
+
+
+def test_qkv_read_as_one_stacked_matrix_where_the_file_allows(tiny, tmp_path):
+    """q/k/v back to back in a plain buffer are read by one matmul (the stage-by-stage parity tests above run
+    that graph); Q4_K weights in the CPU repack buffer are not fused and give the same actions as the mapped,
+    fused file within the quantized tolerance; the CPU never fuses gate/up (its GELU must stay composed)."""
+    cfg, model, path = tiny
+    rt = Pi05Runtime(path, n_threads=2)
+    assert rt.fused_weights == []  # nothing is built before the first call
+    inp, noise = _inputs(rt, cfg)
+    rt.infer_model_inputs(inp, noise)
+    fused = rt.fused_weights
+    want = [f"{p}.blk.{i}.attn_qkv.weight" for p in ("ex", "lm") for i in range(cfg.lm_depth)]
+    assert fused == sorted(want), fused
+    small = get_preset("pi05-small")
+    q4 = tmp_path / "small-q4k.gguf"
+    export_pi05(Pi05Model(small).init_random(1).eval(), q4, type_for=default_type_for("Q4_K"),
+                tokenizer_model=SentencePieceTokenizer.small().model_bytes)
+    packed, mapped = Pi05Runtime(q4, n_threads=2), Pi05Runtime(q4, n_threads=2, repack=False)
+    inp, noise = _inputs(packed, small)
+    a_packed, _, _ = packed.infer_model_inputs(inp, noise)
+    a_mapped, _, _ = mapped.infer_model_inputs(inp, noise)
+    assert packed.fused_weights == []
+    assert "lm.blk.0.attn_qkv.weight" in mapped.fused_weights
+    assert _rel(a_mapped, a_packed) < TOL_QUANT

@@ -2,6 +2,7 @@
 
 #include "errors.h"
 #include "ggml-backend.h"
+#include "gguf-model.h"
 
 #include <cmath>
 #include <cstdarg>
@@ -27,11 +28,43 @@ ggml_tensor * layer_rms_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * 
     return w ? ggml_mul(ctx, x, w) : x;
 }
 
-ggml_tensor * layer_gelu_tanh(ggml_context * ctx, ggml_tensor * x) {
+ggml_tensor * layer_gelu_tanh(ggml_context * ctx, ggml_tensor * x, bool native) {
+    if (native) return ggml_gelu(ctx, x);
     const float k = std::sqrt(2.0f / (float) M_PI);
     ggml_tensor * a = ggml_scale_bias(ctx, ggml_sqr(ctx, x), 0.044715f, 1.0f);  // 1 + 0.044715 x^2
     ggml_tensor * t = ggml_tanh(ctx, ggml_scale(ctx, ggml_mul(ctx, x, a), k));
     return ggml_mul(ctx, x, ggml_scale_bias(ctx, t, 0.5f, 0.5f));
+}
+
+ggml_tensor * layer_geglu_tanh(ggml_context * ctx, ggml_tensor * gate, ggml_tensor * up, bool native) {
+    if (native) return ggml_geglu_split(ctx, gate, up);
+    return ggml_mul(ctx, layer_gelu_tanh(ctx, gate, false), up);
+}
+
+layer_qkv_t layer_qkv(ggml_context * ctx, GgufModel & m, const std::string & prefix, ggml_tensor * x, int64_t hd,
+                      int64_t n_q, int64_t n_kv) {
+    const std::string q = prefix + "attn_q.weight", k = prefix + "attn_k.weight", v = prefix + "attn_v.weight";
+    const int64_t L = x->ne[1];
+    if (ggml_tensor * W = m.fused({q, k, v}, prefix + "attn_qkv.weight")) {
+        ggml_tensor * qkv = ggml_mul_mat(ctx, W, x);  // [hd * (n_q + 2 n_kv), L]
+        const size_t es = ggml_element_size(qkv), row = qkv->nb[1];
+        return {ggml_view_3d(ctx, qkv, hd, n_q, L, hd * es, row, 0),
+                ggml_view_3d(ctx, qkv, hd, n_kv, L, hd * es, row, (size_t) (n_q * hd) * es),
+                ggml_view_3d(ctx, qkv, hd, n_kv, L, hd * es, row, (size_t) ((n_q + n_kv) * hd) * es)};
+    }
+    return {ggml_reshape_3d(ctx, ggml_mul_mat(ctx, m.get(q), x), hd, n_q, L),
+            ggml_reshape_3d(ctx, ggml_mul_mat(ctx, m.get(k), x), hd, n_kv, L),
+            ggml_reshape_3d(ctx, ggml_mul_mat(ctx, m.get(v), x), hd, n_kv, L)};
+}
+
+ggml_tensor * layer_ffn_geglu(ggml_context * ctx, GgufModel & m, const std::string & prefix, ggml_tensor * x,
+                              bool native) {
+    const std::string gate = prefix + "ffn_gate.weight", up = prefix + "ffn_up.weight";
+    if (native) {
+        // GEGLU of the stacked [gate x; up x]: its first half is gated (CPU would need two copies to split it)
+        if (ggml_tensor * W = m.fused({gate, up}, prefix + "ffn_gate_up.weight")) return ggml_geglu(ctx, ggml_mul_mat(ctx, W, x));
+    }
+    return layer_geglu_tanh(ctx, ggml_mul_mat(ctx, m.get(gate), x), ggml_mul_mat(ctx, m.get(up), x), native);
 }
 
 ggml_tensor * layer_attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v,

@@ -14,6 +14,8 @@
 
 namespace actquant {
 
+class GgufModel;
+
 // y = W x (+ b). b may be null.
 ggml_tensor * layer_linear(ggml_context * ctx, ggml_tensor * W, ggml_tensor * b, ggml_tensor * x);
 
@@ -23,9 +25,29 @@ ggml_tensor * layer_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, g
 // RMSNorm over ne[0] times w (w may be null). Gemma's (1 + w) is folded into w at export.
 ggml_tensor * layer_rms_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, float eps);
 
-// gelu_pytorch_tanh composed exactly: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-// (ggml_gelu goes through an FP16 table, ~2.4e-4 relative per element; see reference ggml.md.)
-ggml_tensor * layer_gelu_tanh(ggml_context * ctx, ggml_tensor * x);
+// gelu_pytorch_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+// native = false: composed exactly from f32 ops (7 nodes); the CPU backend's ggml_gelu goes through an FP16
+// table, ~2.4e-4 relative per element (see reference ggml.md). native = true: one GGML GELU node, for backends
+// that evaluate it in f32 with the same formula (CUDA: ggml_cuda_op_gelu_single) -- pass Backend::is_gpu().
+ggml_tensor * layer_gelu_tanh(ggml_context * ctx, ggml_tensor * x, bool native = false);
+
+// GeGLU: gelu_tanh(gate) * up, gate and up [n, ...] of one shape. native = true: one GGML GEGLU node (see
+// layer_gelu_tanh), which the CUDA backend also fuses with the two matmuls where its mat-vec path applies.
+ggml_tensor * layer_geglu_tanh(ggml_context * ctx, ggml_tensor * gate, ggml_tensor * up, bool native = false);
+
+// Q, K, V projections of x [width, L] as [hd, n, L] tensors (views): one matmul by the weights fused
+// (GgufModel::fused of <prefix>attn_q/k/v.weight) where the model allows it, else three.
+struct layer_qkv_t {
+    ggml_tensor * q, * k, * v;
+};
+layer_qkv_t layer_qkv(ggml_context * ctx, GgufModel & m, const std::string & prefix, ggml_tensor * x, int64_t hd,
+                      int64_t n_q, int64_t n_kv);
+
+// Gemma's MLP input half: gelu_tanh(ffn_gate x) * (ffn_up x) [mlp, L]. native (GPU): gate and up fused into one
+// matmul where the model allows it, followed by one GEGLU node; otherwise the two matmuls and
+// layer_geglu_tanh.
+ggml_tensor * layer_ffn_geglu(ggml_context * ctx, GgufModel & m, const std::string & prefix, ggml_tensor * x,
+                              bool native);
 
 // Softmax attention with grouped KV heads.
 //   q: [hd, N, Lq, B], k: [hd, K, Lk, B], v: [hd, K, Lk, B] (N % K == 0; query head n uses kv head n / (N/K))

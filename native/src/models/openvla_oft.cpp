@@ -36,8 +36,9 @@ struct vit_desc {
 };
 
 // patches: [3*p*p, P, I]; film_cond: [lm_width, 1] or null. Returns features [width, P, I].
+// gpu: single-node GELU (layer_gelu_tanh's native form).
 ggml_tensor * vit_features(ggml_context * ctx, const GgufModel & m, const vit_desc & d, ggml_tensor * patches,
-                           ggml_tensor * film_cond, float eps) {
+                           ggml_tensor * film_cond, float eps, bool gpu) {
     const std::string pre = d.prefix;
     const int64_t P = patches->ne[1], I = patches->ne[2];
     const int hd = d.width / d.heads;
@@ -78,7 +79,7 @@ ggml_tensor * vit_features(ggml_context * ctx, const GgufModel & m, const vit_de
         }
         h = layer_norm(ctx, x, W("ln2.weight"), W("ln2.bias"), eps);
         h = layer_linear(ctx, W("ffn_up.weight"), W("ffn_up.bias"), h);
-        h = d.gelu_tanh ? layer_gelu_tanh(ctx, h) : ggml_gelu_erf(ctx, h);
+        h = d.gelu_tanh ? layer_gelu_tanh(ctx, h, gpu) : ggml_gelu_erf(ctx, h);
         y = layer_linear(ctx, W("ffn_down.weight"), W("ffn_down.bias"), h);
         if (d.layerscale) y = ggml_mul(ctx, y, W("ls2.weight"));
         x = ggml_add(ctx, x, y);
@@ -278,8 +279,8 @@ oft_outputs OftRuntime::infer(const oft_inputs & in, const std::vector<std::stri
 
         const vit_desc dd{"vd", h.d_width, h.d_depth, h.d_heads, h.d_mlp, h.d_registers, true, true, false};
         const vit_desc sd{"vs", h.s_width, h.s_depth, h.s_heads, h.s_mlp, 0, false, false, h.siglip_gelu_tanh};
-        ggml_tensor * fd = vit_features(ctx, m, dd, in_pd, film, h.vit_ln_eps);  // [dw, P, I]
-        ggml_tensor * fs = vit_features(ctx, m, sd, in_ps, film, h.vit_ln_eps);  // [sw, P, I]
+        ggml_tensor * fd = vit_features(ctx, m, dd, in_pd, film, h.vit_ln_eps, backend_->is_gpu());  // [dw, P, I]
+        ggml_tensor * fs = vit_features(ctx, m, sd, in_ps, film, h.vit_ln_eps, backend_->is_gpu());  // [sw, P, I]
         for (int im = 0; im < I; ++im) {
             char n[64];
             std::snprintf(n, sizeof(n), "dino_feat.%d", im);
@@ -311,9 +312,7 @@ oft_outputs OftRuntime::infer(const oft_inputs & in, const std::vector<std::stri
         for (int i = 0; i < h.depth; ++i) {
             auto W = [&](const char * n) { return m.get(blk("lm", i, n)); };
             ggml_tensor * hN = layer_rms_norm(ctx, x, W("attn_norm.weight"), h.rms_eps);
-            ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_q.weight"), hN), hd, h.n_heads, L);
-            ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_k.weight"), hN), hd, h.n_kv_heads, L);
-            ggml_tensor * v = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_v.weight"), hN), hd, h.n_kv_heads, L);
+            auto [q, k, v] = layer_qkv(ctx, *model_, blk("lm", i, ""), hN, hd, h.n_heads, h.n_kv_heads);
             q = ggml_rope_ext(ctx, q, in_pos, nullptr, hd, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
             k = ggml_rope_ext(ctx, k, in_pos, nullptr, hd, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
             ggml_tensor * a = layer_attention(ctx, q, k, v, nullptr, attn_scale);

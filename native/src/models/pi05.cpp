@@ -210,6 +210,7 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
         ggml_tensor * in_pos_suffix = fresh->in_pos_suffix = G.input("pos_suffix", {H}, GGML_TYPE_I32);
         ggml_tensor * in_noise = fresh->in_noise = G.input("noise", {A, H});
         ggml_tensor * in_temb = fresh->in_temb = G.input("time_emb", {h.ex_width, h.num_steps});
+        const bool gpu = backend_->is_gpu();  // single-node GELU / GeGLU where the backend computes them in f32
 
         // Vision: the valid cameras as one batch. x [v_width, P, Cv].
         ggml_tensor * x = layer_linear(ctx, m.get("v.patch_embd.weight"), m.get("v.patch_embd.bias"), in_patches);
@@ -223,7 +224,7 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
             ggml_tensor * a = layer_attention(ctx, q, k, v, nullptr, 1.0f / std::sqrt((float) vhd));
             x = ggml_add(ctx, x, layer_linear(ctx, W("attn_out.weight"), W("attn_out.bias"), a));
             hN = layer_norm(ctx, x, W("ln2.weight"), W("ln2.bias"), h.v_ln_eps);
-            hN = layer_gelu_tanh(ctx, layer_linear(ctx, W("ffn_up.weight"), W("ffn_up.bias"), hN));
+            hN = layer_gelu_tanh(ctx, layer_linear(ctx, W("ffn_up.weight"), W("ffn_up.bias"), hN), gpu);
             x = ggml_add(ctx, x, layer_linear(ctx, W("ffn_down.weight"), W("ffn_down.bias"), hN));
         }
         x = layer_norm(ctx, x, m.get("v.post_ln.weight"), m.get("v.post_ln.bias"), h.v_ln_eps);
@@ -246,9 +247,7 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
         for (int i = 0; i < h.depth; ++i) {
             auto W = [&](const char * n) { return m.get(fmt_name("lm.blk.%d.", i) + n); };
             ggml_tensor * hN = layer_rms_norm(ctx, xp, W("attn_norm.weight"), h.rms_eps);
-            ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_q.weight"), hN), h.head_dim, h.n_heads, Lv);
-            ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_k.weight"), hN), h.head_dim, h.n_kv_heads, Lv);
-            ggml_tensor * v = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_v.weight"), hN), h.head_dim, h.n_kv_heads, Lv);
+            auto [q, k, v] = layer_qkv(ctx, *model_, fmt_name("lm.blk.%d.", i), hN, h.head_dim, h.n_heads, h.n_kv_heads);
             q = ggml_rope_ext(ctx, q, in_pos_prefix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
             k = ggml_rope_ext(ctx, k, in_pos_prefix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
             kc[i] = layer_name(ctx, gf, k, keep(fmt_name("prefix_k.%d", i)), "prefix_k.%d", i);
@@ -257,8 +256,7 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
             ggml_tensor * a = layer_attention(ctx, q, k, v, nullptr, attn_scale);
             xp = ggml_add(ctx, xp, ggml_mul_mat(ctx, W("attn_output.weight"), a));
             hN = layer_rms_norm(ctx, xp, W("ffn_norm.weight"), h.rms_eps);
-            hN = ggml_mul(ctx, layer_gelu_tanh(ctx, ggml_mul_mat(ctx, W("ffn_gate.weight"), hN)),
-                          ggml_mul_mat(ctx, W("ffn_up.weight"), hN));
+            hN = layer_ffn_geglu(ctx, *model_, fmt_name("lm.blk.%d.", i), hN, gpu);
             xp = ggml_add(ctx, xp, ggml_mul_mat(ctx, W("ffn_down.weight"), hN));
         }
         // Make the prefix the first thing computed; its end is a timing marker.
@@ -275,20 +273,23 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
         // norm instead of one per norm and step (fewer, larger kernels; ~4 fewer nodes per layer and step).
         ggml_tensor * cond_all = ggml_silu(ctx, layer_linear(ctx, m.get("time.mlp_in.weight"), m.get("time.mlp_in.bias"), in_temb));
         cond_all = ggml_silu(ctx, layer_linear(ctx, m.get("time.mlp_out.weight"), m.get("time.mlp_out.bias"), cond_all));  // [W, steps]
-        std::map<std::string, ggml_tensor *> mods;  // norm -> [3W, steps]
+        // Per norm: mod [3W, steps] (scale, shift, gate rows) and mod + 1 (read for 1 + scale), for all steps, so a
+        // step's modulation is rms_norm -> mul -> add on views (three consecutive nodes, which the CUDA backend
+        // fuses into one kernel).
+        std::map<std::string, std::pair<ggml_tensor *, ggml_tensor *>> mods;  // norm -> (mod, mod + 1)
         auto mod_of = [&](const std::string & base) {
             auto it = mods.find(base);
             if (it != mods.end()) return it->second;
-            return mods[base] = layer_linear(ctx, m.get(base + ".weight"), m.get(base + ".bias"), cond_all);
+            ggml_tensor * mod = layer_linear(ctx, m.get(base + ".weight"), m.get(base + ".bias"), cond_all);
+            return mods[base] = {mod, ggml_scale_bias(ctx, mod, 1.0f, 1.0f)};  // all rows + 1; the scale rows are read
         };
         auto ada = [&](const std::string & base, int step, ggml_tensor * xin, ggml_tensor ** gate) {
-            ggml_tensor * mod = mod_of(base);
+            auto [mod, mod1] = mod_of(base);
             const size_t es = ggml_element_size(mod), col = (size_t) step * mod->nb[1];
-            ggml_tensor * scale = ggml_view_1d(ctx, mod, h.ex_width, col);
+            ggml_tensor * scale = ggml_view_1d(ctx, mod1, h.ex_width, col);
             ggml_tensor * shift = ggml_view_1d(ctx, mod, h.ex_width, col + es * h.ex_width);
             if (gate) *gate = ggml_view_1d(ctx, mod, h.ex_width, col + 2 * es * h.ex_width);
-            ggml_tensor * y = ggml_mul(ctx, ggml_rms_norm(ctx, xin, h.rms_eps), ggml_scale_bias(ctx, scale, 1.0f, 1.0f));
-            return ggml_add(ctx, y, shift);
+            return ggml_add(ctx, ggml_mul(ctx, ggml_rms_norm(ctx, xin, h.rms_eps), scale), shift);
         };
         ggml_tensor * xt = in_noise;  // [A, H]
         for (int s = 0; s < h.num_steps; ++s) {
@@ -303,9 +304,7 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
                 auto W = [&](const char * n) { return m.get(E + n); };
                 ggml_tensor * gate = nullptr;
                 ggml_tensor * hN = ada(E + "attn_norm_ada", s, xs, &gate);
-                ggml_tensor * q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_q.weight"), hN), h.head_dim, h.n_heads, H);
-                ggml_tensor * k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_k.weight"), hN), h.head_dim, h.n_kv_heads, H);
-                ggml_tensor * v = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, W("attn_v.weight"), hN), h.head_dim, h.n_kv_heads, H);
+                auto [q, k, v] = layer_qkv(ctx, *model_, E, hN, h.head_dim, h.n_heads, h.n_kv_heads);
                 q = ggml_rope_ext(ctx, q, in_pos_suffix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
                 k = ggml_rope_ext(ctx, k, in_pos_suffix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
                 ggml_tensor * ka = ggml_concat(ctx, kc[i], k, 2);
@@ -313,8 +312,7 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
                 ggml_tensor * a = layer_attention(ctx, q, ka, va, nullptr, attn_scale);
                 xs = ggml_add(ctx, xs, ggml_mul(ctx, ggml_mul_mat(ctx, W("attn_output.weight"), a), gate));
                 hN = ada(E + "ffn_norm_ada", s, xs, &gate);
-                hN = ggml_mul(ctx, layer_gelu_tanh(ctx, ggml_mul_mat(ctx, W("ffn_gate.weight"), hN)),
-                              ggml_mul_mat(ctx, W("ffn_up.weight"), hN));
+                hN = layer_ffn_geglu(ctx, *model_, E, hN, gpu);
                 xs = ggml_add(ctx, xs, ggml_mul(ctx, ggml_mul_mat(ctx, W("ffn_down.weight"), hN), gate));
             }
             xs = ada("ex.output_norm_ada", s, xs, nullptr);

@@ -129,6 +129,8 @@ void register_openvla_oft(py::module_ & m) {
              py::arg("repack") = true)
         .def_property_readonly("backend", [](const OftRuntime & r) { return r.backend().description(); })
         .def_property_readonly("weights_nbytes", [](const OftRuntime & r) { return r.model().weights_nbytes(); })
+        .def_property_readonly("fused_weights", [](const OftRuntime & r) { return r.model().fused_names(); })
+        .def_property_readonly("host_resident", [](const OftRuntime & r) { return r.model().host_resident(); })
         .def(
             "infer",
             [](OftRuntime & self, py::array_t<float, py::array::c_style | py::array::forcecast> images,
@@ -179,6 +181,8 @@ void register_models(py::module_ & m) {
              py::arg("repack") = true)
         .def_property_readonly("backend", [](const Pi05Runtime & r) { return r.backend().description(); })
         .def_property_readonly("weights_nbytes", [](const Pi05Runtime & r) { return r.model().weights_nbytes(); })
+        .def_property_readonly("fused_weights", [](const Pi05Runtime & r) { return r.model().fused_names(); })
+        .def_property_readonly("host_resident", [](const Pi05Runtime & r) { return r.model().host_resident(); })
         .def(
             "infer",
             [](Pi05Runtime & self, py::array_t<float, py::array::c_style | py::array::forcecast> images,
