@@ -128,7 +128,7 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
                         "(paper) or give them the cheapest type and spend the bits elsewhere (actquant only)")
     p.add_argument("--score", choices=("hsic", "hsic_out_y"), default="hsic",
                    help="allocation score: the HSIC sensitivity max(F(out) - F(in), 0) (paper) or HSIC(out, Y)")
-    p.add_argument("--score-floor", type=float, default=0.5,
+    p.add_argument("--score-floor", type=float, default=None,
                    help="raise scores to at least this fraction of their positive mean (default 0.5; 0 = the "
                         "paper's clipping, which sends every tensor whose sensitivity clips to zero to the "
                         "cheapest type: on the small OFT that halved 3 bpw closed-loop success, "
@@ -138,11 +138,13 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
                         "Fisher-weighted error on each tensor (one quantization per tensor and menu type), or "
                         "(with --stage2 best) each type's relative layer-output error after stage 2's best-of "
                         "quantization at that type (stage 2's search per tensor and menu type)")
-    p.add_argument("--stage2", choices=("fisher", "plain", "best"), default="fisher",
+    p.add_argument("--stage2", choices=("fisher", "plain", "best"), default=None,
                    help="actquant without --compensate: quantize the allocated types with the Fisher as GGML "
                         "importance (paper), with GGML's plain quantizer where the type allows it, or per tensor "
                         "the best of Fisher / plain / activation importance / GPTQ by the layer-output error on "
-                        "the calibration inputs (best)")
+                        "the calibration inputs (best; the default for actquant without --compensate: 2-5x lower "
+                        "action error than fisher on both small presets, bench/results/quant_table_*_dart.json; "
+                        "10 min at real size on one H100)")
     p.add_argument("--compensate", choices=("none", "gptq"), default="none",
                    help="quantizer of actquant's allocated tensors: GGML's with Fisher importance (paper) or GPTQ error "
                         "compensation at each tensor's allocated type")
@@ -161,8 +163,11 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
                    help="method gptq: wider tensors (input features) get no XᵀX (cols² float64 each) and fall back "
                         "to imatrix quantization (default 8192)")
     p.add_argument("--gptq-intra-group", type=int, default=16,
-                   help="method gptq: columns per step of the recursion inside a 256-block (0 = block-wise only; "
-                        "cost 2 + 256/N GGML quantizations per block; default 16)")
+                   help="GPTQ (method gptq, stage 2 best): columns per step of the recursion inside a 256-block "
+                        "(0 = block-wise only; cost 2 + 256/N GGML quantizations per block; default 16)")
+    p.add_argument("--gptq-intra-max-cols", type=int, default=1024,
+                   help="GPTQ: the recursion inside blocks only for tensors of at most this many columns (0 = all; "
+                        "default 1024: narrow tensors, whose rows have few blocks to carry the error forward)")
     p.add_argument("--threads", type=int, default=None, help="GGML quantization threads")
     p.add_argument("--no-report", action="store_true", help="skip the Markdown/PNG report")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -173,7 +178,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from actquant_core.quant.calibrate import CalibConfig
     from actquant_core.quant.gptq import GptqConfig
     from actquant_core.quant.hsic import HsicConfig
-    from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
+    from actquant_core.quant.pipeline import DEFAULT_SCORE_FLOOR, PipelineConfig, default_stage2, quantize_policy
     from actquant_core.quant.types import DEFAULT_MENU
 
     menu = tuple(t.strip().upper() for t in args.menu.split(",")) if args.menu else DEFAULT_MENU
@@ -183,12 +188,13 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                                         device=args.device))
     cfg = PipelineConfig(method=args.method, bpw=args.bpw, scope=args.scope, menu=menu, vision_type=args.vision_type,
                          solver=args.solver, refine=args.refine, inactive=args.inactive, score=args.score,
-                         score_floor=args.score_floor, noise=args.noise, compensate=args.compensate,
-                         stage2=args.stage2, calib_frames=args.calib_frames,
+                         score_floor=DEFAULT_SCORE_FLOOR if args.score_floor is None else args.score_floor, noise=args.noise, compensate=args.compensate,
+                         stage2=args.stage2 or default_stage2(args.method, args.compensate), calib_frames=args.calib_frames,
                          split=args.split, holdout_every=args.holdout_every, seed=args.seed, calib=calib,
                          n_threads=args.threads, report=not args.no_report,
                          gptq=GptqConfig(percdamp=args.gptq_damp, max_cols=args.gptq_max_cols,
                                          intra_group=args.gptq_intra_group,
+                                         intra_max_cols=args.gptq_intra_max_cols or None,
                                          device=args.device if str(args.device or "").startswith("cuda") else "cpu"))
     res = quantize_policy(args.checkpoint, args.calib, out_path=args.output, plan=args.plan, config=cfg,
                           bag_mapping=_bag_mapping(args.bag_topics), tokenizer=args.tokenizer)

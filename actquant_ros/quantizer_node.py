@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import threading
 import time
@@ -53,6 +54,9 @@ class QuantizerConfig:
         threads: GGML quantization threads (0 = all CPUs).
         device: torch device of the calibration passes ("cpu", "cuda", "cuda:N").
         refine: refine K-quant blocks against the Fisher-weighted error.
+        score_floor: HSIC scores raised to at least this fraction of their positive mean (as ``actquant
+            quantize --score-floor``; default 0.5).
+        stage2: "fisher", "plain", "best" or "" = the CLI's default (``default_stage2``: best for actquant).
         report: write the Markdown + PNG report.
         exit_when_done: shut the node down after the run (launch files end with it).
     """
@@ -70,6 +74,8 @@ class QuantizerConfig:
     threads: int = 0
     device: str = "cpu"
     refine: bool = False
+    score_floor: float = 0.5
+    stage2: str = ""
     report: bool = True
     exit_when_done: bool = True
 
@@ -91,6 +97,10 @@ class QuantizerConfig:
             raise ValueError(f"QuantizerConfig: seed={self.seed!r} and threads={self.threads!r} must be >= 0")
         if not (self.device in ("cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ValueError(f"QuantizerConfig.device={self.device!r} must be cpu, cuda or cuda:N")
+        if not (math.isfinite(self.score_floor) and self.score_floor >= 0):
+            raise ValueError(f"QuantizerConfig.score_floor={self.score_floor!r} must be finite and >= 0")
+        if self.stage2 not in ("", "fisher", "plain", "best"):
+            raise ValueError(f"QuantizerConfig.stage2={self.stage2!r} must be '', fisher, plain or best")
 
     @classmethod
     def from_node(cls, node: Node) -> QuantizerConfig:
@@ -109,6 +119,8 @@ class QuantizerConfig:
             "threads": "GGML quantization threads (0 = all CPUs)",
             "device": "torch device of the calibration passes: cpu | cuda | cuda:N",
             "refine": "refine K-quant blocks against the Fisher-weighted error",
+            "score_floor": "HSIC scores raised to at least this fraction of their positive mean (0 = paper)",
+            "stage2": "stage 2 quantizer: fisher | plain | best ('' = best for actquant, as actquant quantize)",
             "report": "write the Markdown + PNG report",
             "exit_when_done": "shut the node down when the run ends",
         }
@@ -156,9 +168,10 @@ class QuantizerNode:
             return self._fn(cfg.checkpoint, cfg.calib, cfg.bpw, cfg.method, cfg.out, cfg.plan or None,
                             config=None, tokenizer=cfg.tokenizer or None)
         from actquant_core.quant.calibrate import CalibConfig
-        from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
+        from actquant_core.quant.pipeline import PipelineConfig, default_stage2, quantize_policy
 
         pc = PipelineConfig(method=cfg.method, bpw=cfg.bpw, scope=cfg.scope, refine=cfg.refine,
+                            score_floor=cfg.score_floor, stage2=cfg.stage2 or default_stage2(cfg.method),
                             calib_frames=cfg.calib_frames, seed=cfg.seed, n_threads=cfg.threads or None,
                             report=cfg.report, calib=CalibConfig(device=cfg.device))
         return quantize_policy(cfg.checkpoint, cfg.calib, cfg.bpw, cfg.method, cfg.out, cfg.plan or None,

@@ -50,7 +50,8 @@ def main() -> int:
     ap.add_argument("--bpw", type=float, default=3.0)
     ap.add_argument("--method", default="actquant")
     ap.add_argument("--compensate", default="none", choices=("none", "gptq"))
-    ap.add_argument("--stage2", default="fisher", choices=("fisher", "plain", "best"))
+    ap.add_argument("--stage2", default=None, choices=("fisher", "plain", "best"),
+                    help="default: as actquant quantize (best for actquant without compensation)")
     ap.add_argument("--noise", default="bits", choices=("bits", "measured", "output"))
     ap.add_argument("--score-floor", type=float, default=0.5, help="as actquant quantize (CLI default 0.5)")
     ap.add_argument("--gptq-intra-group", type=int, default=None, help="GptqConfig.intra_group (default: its own)")
@@ -72,7 +73,7 @@ def main() -> int:
     from actquant_core.policies.pi05.model import Pi05Model
     from actquant_core.quant.calibrate import CalibConfig
     from actquant_core.quant.gptq import GptqConfig
-    from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
+    from actquant_core.quant.pipeline import PipelineConfig, default_stage2, quantize_policy
 
     cfg = get_preset(args.preset)
     t0 = time.perf_counter()
@@ -84,7 +85,8 @@ def main() -> int:
     gptq = GptqConfig(device=args.device, **({} if args.gptq_intra_group is None
                                              else {"intra_group": args.gptq_intra_group}))
     pcfg = PipelineConfig(method=args.method, bpw=args.bpw, compensate=args.compensate, n_threads=args.threads,
-                          calib_frames=args.frames, stage2=args.stage2, noise=args.noise,
+                          calib_frames=args.frames, stage2=args.stage2 or default_stage2(args.method, args.compensate),
+                          noise=args.noise,
                           score_floor=args.score_floor, gptq=gptq,
                           calib=CalibConfig(device=args.device, targets="policy", batch_size=args.batch_size,
                                             fisher_batch_size=args.fisher_batch_size, progress=False, seed=args.seed))
@@ -100,7 +102,7 @@ def main() -> int:
         summary = res.summary()
     result = {
         "preset": args.preset, "params": int(n_params), "frames": args.frames, "method": args.method,
-        "compensate": args.compensate, "stage2": args.stage2, "noise": args.noise, "score_floor": args.score_floor,
+        "compensate": args.compensate, "stage2": pcfg.stage2, "gptq_intra_max_cols": gptq.intra_max_cols, "noise": args.noise, "score_floor": args.score_floor,
         "gptq_intra_group": gptq.intra_group, "stage2_choices": res.plan.meta.get("stage2_choices"),
         "budget_bpw": args.bpw, "device": args.device,
         "gpu": torch.cuda.get_device_name() if use_cuda else None,

@@ -202,7 +202,7 @@ def test_output_noise_needs_stage2_best(workdir, capsys):
 
 
 @pytest.mark.parametrize("method,extra", [("rtn", ()), ("imatrix", ()), ("hsic-only", ()), ("fisher-only", ()),
-                                          ("generic", ("--menu", "Q2_K,Q4_K")),
+                                          ("generic", ("--menu", "Q2_K,Q4_K")), ("gptq", ()),
                                           ("actquant", ("--scope", "all", "--inactive", "cheapest"))])
 def test_every_method_loads_and_runs(workdir, capsys, method, extra):
     root, ckpt, data = workdir
@@ -211,6 +211,8 @@ def test_every_method_loads_and_runs(workdir, capsys, method, extra):
     capsys.readouterr()
     plan = QuantPlan.load(root / f"{method}.plan.yaml")
     assert plan.bpw_backbone <= 3.5 + 1e-9
+    # the CLI's stage 2 default: "best" for actquant (no --compensate), every baseline keeps its own quantizer
+    assert (plan.meta.get("stage2") == "best") == (method == "actquant"), plan.meta.get("stage2")
     _run(out, small_config())
 
 

@@ -59,6 +59,12 @@ def test_gptq_beats_rtn_and_imatrix_on_output_error(t):
     blockwise = gptq_quantize(W, t, H, imp, config=GptqConfig(intra_group=0), quantize=_q)
     assert gptq <= INTRA_MARGIN * _out_err(X, W, native.dequantize(blockwise.data, t, W.shape))
     assert res.loss < blockwise.loss  # the OBS proxy agrees
+    # the recursion only runs for tensors of at most intra_max_cols columns: a narrower limit gives exactly the
+    # block-wise bytes, a limit at the row length keeps the recursion
+    cols = W.shape[1]
+    narrow = gptq_quantize(W, t, H, imp, config=GptqConfig(intra_max_cols=cols - 1), quantize=_q)
+    assert narrow.data == blockwise.data
+    assert gptq_quantize(W, t, H, imp, config=GptqConfig(intra_max_cols=cols), quantize=_q).data == res.data
 
 
 @pytest.mark.parametrize("t", ["Q4_K", "Q3_K", "Q8_0"])
@@ -266,8 +272,11 @@ def test_cli_accepts_gptq_options():
 
     args = build_parser().parse_args(["quantize", "--checkpoint", "random:pi05-small", "--calib", "x", "-o", "y.gguf",
                                       "--method", "gptq", "--gptq-damp", "0.05", "--gptq-max-cols", "4096",
-                                      "--gptq-intra-group", "32"])
+                                      "--gptq-intra-group", "32", "--gptq-intra-max-cols", "0"])
     assert (args.method, args.gptq_damp, args.gptq_max_cols, args.gptq_intra_group) == ("gptq", 0.05, 4096, 32)
+    assert args.gptq_intra_max_cols == 0  # 0 = every tensor (GptqConfig.intra_max_cols None)
+    with pytest.raises(ValueError, match="intra_max_cols must be >= 1 or None"):
+        GptqConfig(intra_max_cols=0)
 
 
 def test_actquant_with_gptq_compensation(tmp_path):
