@@ -118,7 +118,8 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scope", choices=C.QUANT_SCOPES, default="backbone",
                    help="allocate the LM backbone only (paper) or every linear layer (default backbone)")
     p.add_argument("--device", default=None, help="torch device for calibration: cpu | cuda | cuda:N (default: cuda if available)")
-    p.add_argument("--menu", default=None, help="comma-separated GGML types the allocator may use (default: the paper's menu)")
+    p.add_argument("--menu", default=None, help="comma-separated GGML types the allocator may use (default: the paper's menu, without "
+                        "IQ1_S / IQ1_M for method actquant)")
     p.add_argument("--vision-type", type=_type_name, default=None,
                    help="fixed vision-tower type for --scope backbone (default: largest K-quant within the budget)")
     p.add_argument("--solver", choices=("best", "greedy", "exact"), default="best", help="allocator solver (default best)")
@@ -178,10 +179,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from actquant_core.quant.calibrate import CalibConfig
     from actquant_core.quant.gptq import GptqConfig
     from actquant_core.quant.hsic import HsicConfig
-    from actquant_core.quant.pipeline import DEFAULT_SCORE_FLOOR, PipelineConfig, default_stage2, quantize_policy
-    from actquant_core.quant.types import DEFAULT_MENU
+    from actquant_core.quant.pipeline import (DEFAULT_SCORE_FLOOR, PipelineConfig, default_menu, default_stage2,
+                                              quantize_policy)
 
-    menu = tuple(t.strip().upper() for t in args.menu.split(",")) if args.menu else DEFAULT_MENU
+    menu = tuple(t.strip().upper() for t in args.menu.split(",")) if args.menu else default_menu(args.method)
     calib = CalibConfig(batch_size=args.batch_size, fisher_batches=args.fisher_batches, pooling=args.pooling,
                         seed=args.seed, device=args.device, progress=not args.no_progress, targets=args.targets,
                         hsic=HsicConfig(estimator=args.hsic_estimator, project_dim=args.hsic_project_dim,

@@ -168,10 +168,11 @@ class QuantizerNode:
             return self._fn(cfg.checkpoint, cfg.calib, cfg.bpw, cfg.method, cfg.out, cfg.plan or None,
                             config=None, tokenizer=cfg.tokenizer or None)
         from actquant_core.quant.calibrate import CalibConfig
-        from actquant_core.quant.pipeline import PipelineConfig, default_stage2, quantize_policy
+        from actquant_core.quant.pipeline import PipelineConfig, default_menu, default_stage2, quantize_policy
 
         pc = PipelineConfig(method=cfg.method, bpw=cfg.bpw, scope=cfg.scope, refine=cfg.refine,
                             score_floor=cfg.score_floor, stage2=cfg.stage2 or default_stage2(cfg.method),
+                            menu=default_menu(cfg.method),
                             calib_frames=cfg.calib_frames, seed=cfg.seed, n_threads=cfg.threads or None,
                             report=cfg.report, calib=CalibConfig(device=cfg.device))
         return quantize_policy(cfg.checkpoint, cfg.calib, cfg.bpw, cfg.method, cfg.out, cfg.plan or None,

@@ -84,6 +84,9 @@ VARIANTS = (
     # … over the menu without the 1-bit codebooks (IQ1_S / IQ1_M): IQ2_XXS is the floor
     ("actquant+floor+best+output/noiq1", "actquant",
      {"score_floor": 0.5, "stage2": "best", "noise": "output", "menu": tuple(t for t in DEFAULT_MENU if not t.startswith("IQ1"))}),
+    # the CLI default (floor + best) over the menu without the 1-bit codebooks
+    ("actquant+floor+best/noiq1", "actquant",
+     {"score_floor": 0.5, "stage2": "best", "menu": tuple(t for t in DEFAULT_MENU if not t.startswith("IQ1"))}),
     # stage 2 "best" with block-wise GPTQ only (no recursion inside a 256-block): what the real-size run can afford
     ("actquant+floor+best/g0", "actquant", {"score_floor": 0.5, "stage2": "best", "gptq_intra_group": 0}),
     ("rtn+best", "rtn", {"stage2": "best"}),  # control: uniform types, the same per-tensor best quantizer

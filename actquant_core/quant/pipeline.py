@@ -87,6 +87,15 @@ STAGE2_MODES = ("fisher", "plain", "best")
 DEFAULT_SCORE_FLOOR = 0.5
 
 
+def default_menu(method: str) -> tuple[str, ...]:
+    """The type menu when none is asked for: ``IQ2_FLOOR_MENU`` for method actquant (with the CLI's other
+    defaults the 1-bit codebooks made no small-preset row better and three worse), the paper's ``DEFAULT_MENU``
+    for the baselines that allocate."""
+    from .types import IQ2_FLOOR_MENU
+
+    return IQ2_FLOOR_MENU if method == "actquant" else DEFAULT_MENU
+
+
 def default_stage2(method: str, compensate: str = "none") -> str:
     """Stage 2 when none is asked for: "best" for method actquant without compensation (2-5x lower action
     error than the paper's "fisher" on both small presets, 10 min at real size on one H100), "fisher" (which

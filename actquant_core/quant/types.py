@@ -79,6 +79,12 @@ DEFAULT_MENU: tuple[str, ...] = (
     "Q8_0",
 )
 
+#: The paper's menu without the 1-bit codebooks (IQ1_S / IQ1_M): IQ2_XXS is the floor.  ``actquant quantize``'s
+#: default for method actquant: with its other defaults (score floor, stage 2 best) it equals the paper's menu
+#: at 4 / 3.5 / 3 bpw on both small presets and is better below (action L1: π₀.₅ 0.0063 / 0.0070 vs 0.0073 /
+#: 0.0093 at 2.5 / 2.25, OFT 0.0243 vs 0.0280 at 2.25; bench/results/quant_table_*_dart_best_noiq1.json).
+IQ2_FLOOR_MENU: tuple[str, ...] = tuple(t for t in DEFAULT_MENU if not t.startswith("IQ1"))
+
 #: Types with 32-weight blocks that a tensor whose row length is not a multiple of 256 falls back to
 #: (llama.cpp's ``llama-quant.cpp`` does the same kind of substitution and counts it).  Only Q8_0 by
 #: default because the native module quantizes Q8_0 but not (yet) Q4_0 / Q5_0 / IQ4_NL; pass

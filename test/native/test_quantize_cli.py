@@ -213,6 +213,11 @@ def test_every_method_loads_and_runs(workdir, capsys, method, extra):
     assert plan.bpw_backbone <= 3.5 + 1e-9
     # the CLI's stage 2 default: "best" for actquant (no --compensate), every baseline keeps its own quantizer
     assert (plan.meta.get("stage2") == "best") == (method == "actquant"), plan.meta.get("stage2")
+    if method == "actquant":  # … and the menu without the 1-bit codebooks
+        from actquant_core.quant.types import IQ2_FLOOR_MENU
+
+        assert tuple(plan.meta["menu"]) == IQ2_FLOOR_MENU and plan.meta["score_floor"] == 0.5
+        assert not any(e.ggml_type.startswith("IQ1") for e in plan.entries)
     _run(out, small_config())
 
 
