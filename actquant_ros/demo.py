@@ -69,10 +69,21 @@ def policy_digest(folder: Path) -> str:
     return h.hexdigest()[:10]
 
 
+def quantizer_digest(method: str) -> str:
+    """Short hash of what ``actquant quantize`` does by default for ``method`` (stage 2, menu, score floor): a
+    cached GGUF made under other defaults is not reused."""
+    import hashlib
+
+    from actquant_core.quant.pipeline import DEFAULT_SCORE_FLOOR, default_menu, default_stage2
+
+    key = f"{default_stage2(method)}|{','.join(default_menu(method))}|{DEFAULT_SCORE_FLOOR}"
+    return hashlib.sha256(key.encode()).hexdigest()[:6]
+
+
 def build_policy(cache: Path, bpw: float, method: str, threads: int, policy: str = "oft") -> Path:
-    """ActQuant-quantized GGUF of a bundled policy (cached by policy content, bpw and method)."""
+    """ActQuant-quantized GGUF of a bundled policy (cached by policy content, quantizer defaults, bpw, method)."""
     folder = POLICIES[policy][0]
-    out = cache / f"{folder.name}-{policy_digest(folder)}-{method}-{bpw:g}bpw.gguf"
+    out = cache / f"{folder.name}-{policy_digest(folder)}-q{quantizer_digest(method)}-{method}-{bpw:g}bpw.gguf"
     if out.exists():
         log.info("using cached %s", out)
         return out

@@ -1,6 +1,6 @@
 """The demo's quantized-policy cache is keyed by the policy's content, not only its folder name."""
 
-from actquant_ros.demo import POLICIES, policy_digest
+from actquant_ros.demo import POLICIES, policy_digest, quantizer_digest
 
 
 def test_policy_digest_follows_weights_config_and_stats(tmp_path):
@@ -25,3 +25,16 @@ def test_policy_digest_follows_weights_config_and_stats(tmp_path):
 def test_bundled_policies_have_distinct_digests():
     digests = {policy_digest(folder) for folder, *_ in POLICIES.values()}
     assert len(digests) == len(POLICIES)
+
+
+def test_quantizer_digest_follows_the_cli_defaults(monkeypatch):
+    """A GGUF cached under other quantizer defaults (stage 2, menu, score floor) gets another name."""
+    import actquant_core.quant.pipeline as P
+
+    d0 = quantizer_digest("actquant")
+    assert len(d0) == 6 and d0 == quantizer_digest("actquant") and d0 != quantizer_digest("rtn")
+    monkeypatch.setattr(P, "default_stage2", lambda method, compensate="none": "fisher")
+    assert quantizer_digest("actquant") != d0
+    monkeypatch.undo()
+    monkeypatch.setattr(P, "DEFAULT_SCORE_FLOOR", 0.0)
+    assert quantizer_digest("actquant") != d0
