@@ -139,6 +139,9 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
                         "Fisher-weighted error on each tensor (one quantization per tensor and menu type), or "
                         "(with --stage2 best) each type's relative layer-output error after stage 2's best-of "
                         "quantization at that type (stage 2's search per tensor and menu type)")
+    p.add_argument("--output-noise-candidates", choices=("all", "fast"), default="all",
+                   help="--noise output: price each type with stage 2's every candidate (all) or without GPTQ "
+                        "(fast: GPTQ's cost dominates at real size; stage 2 still weighs it at the chosen types)")
     p.add_argument("--stage2", choices=("fisher", "plain", "best"), default=None,
                    help="actquant without --compensate: quantize the allocated types with the Fisher as GGML "
                         "importance (paper), with GGML's plain quantizer where the type allows it, or per tensor "
@@ -190,7 +193,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     cfg = PipelineConfig(method=args.method, bpw=args.bpw, scope=args.scope, menu=menu, vision_type=args.vision_type,
                          solver=args.solver, refine=args.refine, inactive=args.inactive, score=args.score,
                          score_floor=DEFAULT_SCORE_FLOOR if args.score_floor is None else args.score_floor, noise=args.noise, compensate=args.compensate,
-                         stage2=args.stage2 or default_stage2(args.method, args.compensate), calib_frames=args.calib_frames,
+                         stage2=args.stage2 or default_stage2(args.method, args.compensate),
+                         output_gptq=args.output_noise_candidates == "all", calib_frames=args.calib_frames,
                          split=args.split, holdout_every=args.holdout_every, seed=args.seed, calib=calib,
                          n_threads=args.threads, report=not args.no_report,
                          gptq=GptqConfig(percdamp=args.gptq_damp, max_cols=args.gptq_max_cols,

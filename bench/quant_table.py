@@ -89,6 +89,10 @@ VARIANTS = (
      {"score_floor": 0.5, "stage2": "best", "menu": tuple(t for t in DEFAULT_MENU if not t.startswith("IQ1"))}),
     # stage 2 "best" with block-wise GPTQ only (no recursion inside a 256-block): what the real-size run can afford
     ("actquant+floor+best/g0", "actquant", {"score_floor": 0.5, "stage2": "best", "gptq_intra_group": 0}),
+    # … priced without the GPTQ candidate (the real-size-affordable form; stage 2 still weighs GPTQ)
+    ("actquant+floor+best+output-fast/noiq1", "actquant",
+     {"score_floor": 0.5, "stage2": "best", "noise": "output", "output_gptq": False,
+      "menu": tuple(t for t in DEFAULT_MENU if not t.startswith("IQ1"))}),
     ("rtn+best", "rtn", {"stage2": "best"}),  # control: uniform types, the same per-tensor best quantizer
     ("imatrix+best", "imatrix", {"stage2": "best"}),  # … with the IQ types under 2.625 bpw
     ("actquant+floor+best/k", "actquant", {"score_floor": 0.5, "stage2": "best", "menu": K_QUANTS}),
@@ -194,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                                  lambda W, t, imp: native.quantize(W, t, imp, n_threads=n_threads), native.dequantize)
     noise_fn = measured_noise_fn(weights, fisher, n_threads)  # cached (tensor, type) errors shared by the budgets
     out_noise = output_noise_fn(weights, cal, gptq_cfg, n_threads) if cal.gram else None  # likewise, noise "output"
+    out_fast = output_noise_fn(weights, cal, gptq_cfg, n_threads, price_gptq=False) if cal.gram else None
 
     ref = export_reference(adapter, args.work / "reference-f32.gguf")
     A_ref, pre = runtime_actions(ref, eval_frames, seed=args.seed, n_threads=n_threads)
@@ -213,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             try:
                 plan = build_plan(adapter, pc, cal, weights, n_threads, error_fn=error_fn if method == "generic" else None,
-                                  noise_fn={"measured": noise_fn, "output": out_noise}.get(pc.noise))
+                                  noise_fn={"measured": noise_fn, "output": out_noise if pc.output_gptq else out_fast}.get(pc.noise))
             except ValueError as e:
                 row.update(status=str(e))
                 rows.append(row)

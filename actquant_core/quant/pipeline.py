@@ -151,6 +151,9 @@ class PipelineConfig:
             all tried, see :func:`output_noise_fn`), so the allocator prices each type at the error the
             written file will have; the chosen bytes are kept and reused by stage 2.  Costs stage 2's
             search per tensor and menu type (cached across budgets).
+        output_gptq: noise "output" prices each type with the GPTQ candidate too (True) or only with the
+            Fisher / plain / activation ones (False: much cheaper at real size; stage 2 "best" still weighs
+            GPTQ at the chosen types).
         compensate: quantization of the allocated tensors of method actquant: "none" (GGML's quantizer with
             the Fisher as per-row importance, the paper's stage 2) or "gptq" (beyond the paper: GPTQ's
             Hessian error compensation on GGML's grids at each tensor's allocated type, activation importance
@@ -191,6 +194,7 @@ class PipelineConfig:
     noise: str = "bits"
     compensate: str = "none"
     stage2: str = "fisher"
+    output_gptq: bool = True
     refine_config: RefineConfig = field(default_factory=RefineConfig)
     gptq: GptqConfig = field(default_factory=GptqConfig)
     calib_frames: int = 256
@@ -548,7 +552,7 @@ def output_error(W: np.ndarray, Wq: np.ndarray, gram, device: str | None = None)
 
 
 def stage2_candidates(name: str, W: np.ndarray, t: str, calibration: CalibrationResult, gptq_cfg, ggml,
-                      own: tuple[str, bytes] | None = None) -> tuple[dict[str, bytes], dict[str, float]]:
+                      own: tuple[str, bytes] | None = None, gptq: bool = True) -> tuple[dict[str, bytes], dict[str, float]]:
     """Stage 2 "best"'s candidates for tensor ``name`` (``W`` ``[rows, cols]``) at type ``t`` and their
     :func:`output_error`: ``own`` (the plan's own ``(importance, bytes)``), Fisher importance (where the Fisher
     was collected), plain (where the type allows it), activation importance and GPTQ (where it applies).
@@ -567,7 +571,7 @@ def stage2_candidates(name: str, W: np.ndarray, t: str, calibration: Calibration
         cands["none"] = ggml(W, t, None)
     if "activation" not in cands and name in act:
         cands["activation"] = ggml(W, t, act[name])
-    if name in act and gptq_eligible(t, W.shape, gptq_cfg) is None:
+    if gptq and name in act and gptq_eligible(t, W.shape, gptq_cfg) is None:
         data, status = gptq_tensors({name: W}, {name: t}, {name: gram}, act, gptq_cfg, ggml, native.dequantize)
         if status[name] == "gptq":
             cands["gptq"] = data[name]
@@ -583,10 +587,15 @@ class OutputNoise:
     a Gram (row length over ``gptq.max_cols``) gets the diagonal approximation with its activation importance
     ``a`` (``sum_j a_j ΔW_ij^2 / sum_j a_j W_ij^2``, activation-importance bytes), or the relative Frobenius
     error without one.  High-precision types have noise 0.  ``best`` caches each (tensor, type)'s winner
-    (candidate, bytes, errors): build one per calibration and reuse it across budgets and for stage 2."""
+    (candidate, bytes, errors): build one per calibration and reuse it across budgets and for stage 2.
+    ``price_gptq=False`` prices each type without the GPTQ candidate (its cost dominates at real size: one GGML
+    quantization per column block, or more with the in-block recursion); ``best`` then stays empty and stage 2
+    weighs GPTQ at the chosen types only."""
 
-    def __init__(self, weights: Mapping[str, np.ndarray], calibration: CalibrationResult, gptq_cfg, ggml) -> None:
+    def __init__(self, weights: Mapping[str, np.ndarray], calibration: CalibrationResult, gptq_cfg, ggml,
+                 price_gptq: bool = True) -> None:
         self.weights, self.calibration, self.gptq_cfg, self.ggml = weights, calibration, gptq_cfg, ggml
+        self.price_gptq = price_gptq
         self.best: dict[tuple[str, str], tuple[str, bytes, dict[str, float]]] = {}
         self._base: dict[str, float] = {}
         self._noise: dict[tuple[str, str], float] = {}
@@ -609,9 +618,11 @@ class OutputNoise:
             g = grams[spec.name]
             if spec.name not in self._base:
                 self._base[spec.name] = output_error(W, np.zeros_like(W), g, self.gptq_cfg.device)
-            cands, errs = stage2_candidates(spec.name, W, t, self.calibration, self.gptq_cfg, self.ggml)
+            cands, errs = stage2_candidates(spec.name, W, t, self.calibration, self.gptq_cfg, self.ggml,
+                                            gptq=self.price_gptq)
             k = min(errs, key=lambda c: (errs[c], c))
-            self.best[key] = (k, cands[k], errs)
+            if self.price_gptq:  # without GPTQ the winner is not stage 2's: stage 2 searches again
+                self.best[key] = (k, cands[k], errs)
             val = errs[k] / (self._base[spec.name] or 1.0)
         else:
             a = (self.calibration.activation_importance or {}).get(spec.name)
@@ -626,7 +637,7 @@ class OutputNoise:
 
 
 def output_noise_fn(weights: Mapping[str, np.ndarray], calibration: CalibrationResult, gptq_cfg,
-                    n_threads: int | None = None) -> OutputNoise:
+                    n_threads: int | None = None, price_gptq: bool = True) -> OutputNoise:
     """:class:`OutputNoise` with GGML's quantizers (``n_threads``); needs the Grams (and, for the Fisher and
     activation candidates, those statistics) in ``calibration``."""
     from actquant_core import native
@@ -637,7 +648,7 @@ def output_noise_fn(weights: Mapping[str, np.ndarray], calibration: CalibrationR
     def ggml(W: np.ndarray, t: str, imp: np.ndarray | None) -> bytes:
         return native.quantize(W, t, imp, n_threads=n_threads)
 
-    return OutputNoise(weights, calibration, gptq_cfg, ggml)
+    return OutputNoise(weights, calibration, gptq_cfg, ggml, price_gptq)
 
 
 def best_stage2(plan: QuantPlan, weights: Mapping[str, np.ndarray], quantized: dict[str, tuple[str, bytes]],
@@ -742,7 +753,7 @@ def build_plan(
         if calibration is None:
             raise ValueError("noise 'output' needs the layer Grams; calibration has none")
         w = weights if weights is not None else adapter.canonical_weights()
-        noise_fn = output_noise_fn(w, calibration, cfg.gptq, n_threads)
+        noise_fn = output_noise_fn(w, calibration, cfg.gptq, n_threads, cfg.output_gptq)
     if cfg.noise == "bits":
         noise_fn = None
     if m == "actquant":
@@ -980,7 +991,7 @@ def quantize_policy(
         seconds["fisher"] = secs
     t0 = time.perf_counter()
     weights = adapter.canonical_weights()
-    noise_fn = (output_noise_fn(weights, calibration, cfg.gptq, cfg.n_threads)
+    noise_fn = (output_noise_fn(weights, calibration, cfg.gptq, cfg.n_threads, cfg.output_gptq)
                 if given is None and cfg.noise == "output" else None)
     the_plan = given if given is not None else build_plan(adapter, cfg, calibration, weights, cfg.n_threads,
                                                           noise_fn=noise_fn)

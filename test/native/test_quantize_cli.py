@@ -190,6 +190,22 @@ def test_output_noise_prices_each_type_at_the_written_error(workdir, capsys):
     assert _quantize(ckpt, data, out2, "--plan", str(root / "outnoise.plan.yaml"), "--no-report") == 0
     capsys.readouterr()
     assert out2.read_bytes() == out.read_bytes()
+    # priced without the GPTQ candidate ("fast"): never below the full search's error, no winner cached for
+    # stage 2 (it searches again, GPTQ included), and the CLI runs it
+    fast = P.output_noise_fn(weights, cal, cfg.gptq, n_threads=2, price_gptq=False)
+    for e in allocated:
+        assert fast(specs[e.name], e.ggml_type) >= noise(specs[e.name], e.ggml_type) * (1 - 1e-9)
+        W = np.asarray(weights[e.name], np.float32).reshape(-1, e.shape[-1])
+        cands, _ = P.stage2_candidates(e.name, W, e.ggml_type, cal, cfg.gptq,
+                                       lambda W, t, imp: native.quantize(W, t, imp, n_threads=2), gptq=False)
+        assert "gptq" not in cands and cands
+    assert fast.best == {}
+    out3 = root / "outnoise-fast.gguf"
+    assert _quantize(ckpt, data, out3, "--bpw", "3.5", "--noise", "output", "--output-noise-candidates", "fast",
+                     "--menu", menu, "--no-report") == 0
+    capsys.readouterr()
+    plan3 = QuantPlan.load(root / "outnoise-fast.plan.yaml")
+    assert plan3.meta["noise"] == "output" and plan3.meta["stage2"] == "best" and plan3.bpw_backbone <= 3.5 + 1e-9
 
 
 def test_output_noise_needs_stage2_best(workdir, capsys):
