@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from actquant_core import constants as C
+from actquant_core.quant.types import DEFAULT_SCORE_FLOOR, STAGE2_MODES, default_menu, default_stage2
 
 log = logging.getLogger("actquant.cli")
 
@@ -129,7 +130,7 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
                         "(paper) or give them the cheapest type and spend the bits elsewhere (actquant only)")
     p.add_argument("--score", choices=("hsic", "hsic_out_y"), default="hsic",
                    help="allocation score: the HSIC sensitivity max(F(out) - F(in), 0) (paper) or HSIC(out, Y)")
-    p.add_argument("--score-floor", type=float, default=None,
+    p.add_argument("--score-floor", type=float, default=DEFAULT_SCORE_FLOOR,
                    help="raise scores to at least this fraction of their positive mean (default 0.5; 0 = the "
                         "paper's clipping, which sends every tensor whose sensitivity clips to zero to the "
                         "cheapest type: on the small OFT that halved 3 bpw closed-loop success, "
@@ -142,7 +143,7 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-noise-candidates", choices=("all", "fast"), default="all",
                    help="--noise output: price each type with stage 2's every candidate (all) or without GPTQ "
                         "(fast: GPTQ's cost dominates at real size; stage 2 still weighs it at the chosen types)")
-    p.add_argument("--stage2", choices=("fisher", "plain", "best"), default=None,
+    p.add_argument("--stage2", choices=STAGE2_MODES, default=None,
                    help="actquant without --compensate: quantize the allocated types with the Fisher as GGML "
                         "importance (paper), with GGML's plain quantizer where the type allows it, or per tensor "
                         "the best of Fisher / plain / activation importance / GPTQ by the layer-output error on "
@@ -182,8 +183,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from actquant_core.quant.calibrate import CalibConfig
     from actquant_core.quant.gptq import GptqConfig
     from actquant_core.quant.hsic import HsicConfig
-    from actquant_core.quant.pipeline import (DEFAULT_SCORE_FLOOR, PipelineConfig, default_menu, default_stage2,
-                                              quantize_policy)
+    from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
 
     menu = tuple(t.strip().upper() for t in args.menu.split(",")) if args.menu else default_menu(args.method)
     calib = CalibConfig(batch_size=args.batch_size, fisher_batches=args.fisher_batches, pooling=args.pooling,
@@ -192,7 +192,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                                         device=args.device))
     cfg = PipelineConfig(method=args.method, bpw=args.bpw, scope=args.scope, menu=menu, vision_type=args.vision_type,
                          solver=args.solver, refine=args.refine, inactive=args.inactive, score=args.score,
-                         score_floor=DEFAULT_SCORE_FLOOR if args.score_floor is None else args.score_floor, noise=args.noise, compensate=args.compensate,
+                         score_floor=args.score_floor, noise=args.noise, compensate=args.compensate,
                          stage2=args.stage2 or default_stage2(args.method, args.compensate),
                          output_gptq=args.output_noise_candidates == "all", calib_frames=args.calib_frames,
                          split=args.split, holdout_every=args.holdout_every, seed=args.seed, calib=calib,

@@ -74,7 +74,7 @@ def quantizer_digest(method: str) -> str:
     cached GGUF made under other defaults is not reused."""
     import hashlib
 
-    from actquant_core.quant.pipeline import DEFAULT_SCORE_FLOOR, default_menu, default_stage2
+    from actquant_core.quant.types import DEFAULT_SCORE_FLOOR, default_menu, default_stage2
 
     key = f"{default_stage2(method)}|{','.join(default_menu(method))}|{DEFAULT_SCORE_FLOOR}"
     return hashlib.sha256(key.encode()).hexdigest()[:6]

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from actquant_core import constants as C
+from actquant_core.quant.types import DEFAULT_SCORE_FLOOR, STAGE2_MODES, default_menu, default_stage2
 from actquant_ros.msgs import String
 from actquant_ros.transport import QOS_DEFAULT, Node, make_node
 
@@ -74,7 +75,7 @@ class QuantizerConfig:
     threads: int = 0
     device: str = "cpu"
     refine: bool = False
-    score_floor: float = 0.5
+    score_floor: float = DEFAULT_SCORE_FLOOR
     stage2: str = ""
     report: bool = True
     exit_when_done: bool = True
@@ -99,8 +100,8 @@ class QuantizerConfig:
             raise ValueError(f"QuantizerConfig.device={self.device!r} must be cpu, cuda or cuda:N")
         if not (math.isfinite(self.score_floor) and self.score_floor >= 0):
             raise ValueError(f"QuantizerConfig.score_floor={self.score_floor!r} must be finite and >= 0")
-        if self.stage2 not in ("", "fisher", "plain", "best"):
-            raise ValueError(f"QuantizerConfig.stage2={self.stage2!r} must be '', fisher, plain or best")
+        if self.stage2 not in ("", *STAGE2_MODES):
+            raise ValueError(f"QuantizerConfig.stage2={self.stage2!r} must be '' or one of {STAGE2_MODES}")
 
     @classmethod
     def from_node(cls, node: Node) -> QuantizerConfig:
@@ -168,7 +169,7 @@ class QuantizerNode:
             return self._fn(cfg.checkpoint, cfg.calib, cfg.bpw, cfg.method, cfg.out, cfg.plan or None,
                             config=None, tokenizer=cfg.tokenizer or None)
         from actquant_core.quant.calibrate import CalibConfig
-        from actquant_core.quant.pipeline import PipelineConfig, default_menu, default_stage2, quantize_policy
+        from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
 
         pc = PipelineConfig(method=cfg.method, bpw=cfg.bpw, scope=cfg.scope, refine=cfg.refine,
                             score_floor=cfg.score_floor, stage2=cfg.stage2 or default_stage2(cfg.method),

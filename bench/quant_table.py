@@ -102,6 +102,16 @@ VARIANTS = (
 )
 
 
+def variant_config(method: str, overrides: dict, gptq_cfg, **kwargs):
+    """The ``PipelineConfig`` of a ``VARIANTS`` row: its overrides, where ``gptq_intra_group`` replaces that
+    field of ``gptq_cfg``."""
+    from actquant_core.quant.pipeline import PipelineConfig
+
+    o = dict(overrides)
+    gptq = replace(gptq_cfg, intra_group=o.pop("gptq_intra_group")) if "gptq_intra_group" in o else gptq_cfg
+    return PipelineConfig(method=method, gptq=gptq, **o, **kwargs)
+
+
 def _demos(work: Path, seed: int) -> Path:
     """A small simulated dataset: every task of every suite, 2 episodes each, LeRobot-style only, layouts
     from seed ``1000 + seed`` (not the training stream)."""
@@ -141,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     from actquant_core.quant.gptq import GptqConfig
     from actquant_core.quant.importance import weighted_error_fn
     from actquant_core.quant.pipeline import (
-        PipelineConfig, apply_plan, build_plan, compare_actions, export_reference, load_policy, measured_noise_fn,
+        apply_plan, build_plan, compare_actions, export_reference, load_policy, measured_noise_fn,
         needed_statistics, output_noise_fn, runtime_actions)
     from actquant_core import constants as C
     from actquant_core import native
@@ -182,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     shapes = {t.name: t.shape for t in adapter.tensor_table()}
     gptq_cfg = GptqConfig(device=args.device if str(args.device).startswith("cuda") else "cpu")
     gram_all = ([n for n in specs_all if shapes[n][-1] <= gptq_cfg.max_cols]
-                if any(needed_statistics(m, PipelineConfig(method=m, **{k: v for k, v in o.items() if k != "gptq_intra_group"}))["gram"]
+                if any(needed_statistics(m, variant_config(m, o, gptq_cfg))["gram"]
                        for label, m, o in VARIANTS if label in set(args.variants.split(","))) else [])
     t0 = time.perf_counter()
     cal = calibrate(adapter, frames, calib_cfg, hsic_targets=specs_all, importance_targets=specs_all,
@@ -209,9 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         if label not in wanted:
             continue
         for bpw in bpws:
-            o = dict(overrides)
-            g = replace(gptq_cfg, intra_group=o.pop("gptq_intra_group")) if "gptq_intra_group" in o else gptq_cfg
-            pc = PipelineConfig(method=method, bpw=bpw, report=False, n_threads=n_threads, calib=calib_cfg, gptq=g, **o)
+            pc = variant_config(method, overrides, gptq_cfg, bpw=bpw, report=False, n_threads=n_threads,
+                                calib=calib_cfg)
             row = {"variant": label, "method": method, "scope": pc.scope, "inactive": pc.inactive, "score": pc.score,
                    "score_floor": pc.score_floor, "noise": pc.noise, "refine": pc.refine,
                    "compensate": pc.compensate, "bpw": bpw}

@@ -55,7 +55,8 @@ from .importance import (plan_error_driven, plan_fisher_only, plan_gptq, plan_hs
 from .plan import PlanEntry, QuantPlan, quantize_with_plan
 from .refine import SUPPORTED as REFINE_TYPES
 from .refine import RefineConfig, refine_tensor
-from .types import DEFAULT_MENU, FALLBACK_MENU, HIGH_PRECISION_TYPES, nominal_bpw, row_eligible, sort_menu, type_bpw
+from .types import (DEFAULT_MENU, DEFAULT_SCORE_FLOOR, FALLBACK_MENU, HIGH_PRECISION_TYPES, STAGE2_MODES, default_menu,
+                    default_stage2, nominal_bpw, row_eligible, sort_menu, type_bpw)
 
 log = logging.getLogger(__name__)
 
@@ -82,25 +83,6 @@ __all__ = [
 ]
 
 METHODS = C.QUANT_METHODS
-STAGE2_MODES = ("fisher", "plain", "best")
-# The product defaults of `actquant quantize` and the quantizer node (PipelineConfig keeps the paper's):
-DEFAULT_SCORE_FLOOR = 0.5
-
-
-def default_menu(method: str) -> tuple[str, ...]:
-    """The type menu when none is asked for: ``IQ2_FLOOR_MENU`` for method actquant (with the CLI's other
-    defaults the 1-bit codebooks made no small-preset row better and three worse), the paper's ``DEFAULT_MENU``
-    for the baselines that allocate."""
-    from .types import IQ2_FLOOR_MENU
-
-    return IQ2_FLOOR_MENU if method == "actquant" else DEFAULT_MENU
-
-
-def default_stage2(method: str, compensate: str = "none") -> str:
-    """Stage 2 when none is asked for: "best" for method actquant without compensation (2-5x lower action
-    error than the paper's "fisher" on both small presets, 10 min at real size on one H100), "fisher" (which
-    leaves every other method's own quantizer alone) otherwise."""
-    return "best" if method == "actquant" and compensate == "none" else "fisher"
 NOISE_MODES = ("bits", "measured", "output")
 #: methods whose allocation needs HSIC scores / activation importance / Fisher importance
 _NEEDS_HSIC = ("actquant", "hsic-only")

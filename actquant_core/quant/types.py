@@ -85,6 +85,27 @@ DEFAULT_MENU: tuple[str, ...] = (
 #: 0.0093 at 2.5 / 2.25, OFT 0.0243 vs 0.0280 at 2.25; bench/results/quant_table_*_dart_best_noiq1.json).
 IQ2_FLOOR_MENU: tuple[str, ...] = tuple(t for t in DEFAULT_MENU if not t.startswith("IQ1"))
 
+#: Stage 2 quantizers of method actquant (``PipelineConfig.stage2``).
+STAGE2_MODES: tuple[str, ...] = ("fisher", "plain", "best")
+#: The product defaults of ``actquant quantize`` and the quantizer node (``PipelineConfig`` keeps the paper's:
+#: score floor 0, stage 2 "fisher", ``DEFAULT_MENU``); here, free of torch, so that parsing options needs none.
+DEFAULT_SCORE_FLOOR = 0.5
+
+
+def default_menu(method: str) -> tuple[str, ...]:
+    """The type menu when none is asked for: ``IQ2_FLOOR_MENU`` for method actquant (with the CLI's other
+    defaults the 1-bit codebooks made no small-preset row better and three worse), the paper's ``DEFAULT_MENU``
+    for the baselines that allocate."""
+    return IQ2_FLOOR_MENU if method == "actquant" else DEFAULT_MENU
+
+
+def default_stage2(method: str, compensate: str = "none") -> str:
+    """Stage 2 when none is asked for: "best" for method actquant without compensation (2-5x lower action
+    error than the paper's "fisher" on both small presets, 10 min at real size on one H100), "fisher" (which
+    leaves every other method's own quantizer alone) otherwise."""
+    return "best" if method == "actquant" and compensate == "none" else "fisher"
+
+
 #: Types with 32-weight blocks that a tensor whose row length is not a multiple of 256 falls back to
 #: (llama.cpp's ``llama-quant.cpp`` does the same kind of substitution and counts it).  Only Q8_0 by
 #: default because the native module quantizes Q8_0 but not (yet) Q4_0 / Q5_0 / IQ4_NL; pass

@@ -17,6 +17,7 @@ from actquant_core import native
 from actquant_core.policies.openvla_oft.config import OftConfig
 from actquant_core.policies.openvla_oft.preprocess import OftInputs, OftNormStats, OftPreprocessor
 from actquant_core.runtime.header import read_policy_header
+from actquant_core.runtime.native_handle import NativeHandle
 from actquant_core.runtime.types import ActionChunk, Observation
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def oft_hparams(cfg: OftConfig) -> dict[str, Any]:
     return h
 
 
-class OftRuntime:
+class OftRuntime(NativeHandle):
     """Loads an OpenVLA-OFT GGUF once; ``infer(obs) -> ActionChunk``.
 
     Args:
@@ -76,20 +77,6 @@ class OftRuntime:
             self.path, oft_hparams(self.config), n_threads or native.default_threads(), device, repack
         )
         log.info("openvla_oft runtime: %s on %s (%.1f MB)", self.path, self._rt.backend, self.file_size / 1e6)
-
-    @property
-    def backend(self) -> str:
-        return self._rt.backend
-
-    @property
-    def fused_weights(self) -> list[str]:
-        """Weights the native graph reads as one stacked matrix (q/k/v of each Llama block), once built."""
-        return list(self._rt.fused_weights)
-
-    @property
-    def host_resident(self) -> list[str]:
-        """GPU backends: embedding tables kept in host memory (the GPU cannot gather rows of their type)."""
-        return list(self._rt.host_resident)
 
     def infer_model_inputs(
         self, inputs: OftInputs, collect: list[str] | tuple[str, ...] = ()

@@ -17,12 +17,13 @@ from actquant_core.policies.common.normalize import NormStats
 from actquant_core.policies.pi05.config import Pi05Config
 from actquant_core.policies.pi05.preprocess import Pi05Inputs, Pi05Preprocessor
 from actquant_core.runtime.header import read_policy_header
+from actquant_core.runtime.native_handle import NativeHandle
 from actquant_core.runtime.types import ActionChunk, Observation
 
 log = logging.getLogger(__name__)
 
 
-class Pi05Runtime:
+class Pi05Runtime(NativeHandle):
     """Loads a π₀.₅ GGUF once; ``infer(obs) -> ActionChunk``.
 
     Args:
@@ -58,20 +59,6 @@ class Pi05Runtime:
         )
         self._rng = np.random.default_rng(seed)
         log.info("pi05 runtime: %s on %s (%.1f MB)", self.path, self._rt.backend, self.file_size / 1e6)
-
-    @property
-    def backend(self) -> str:
-        return self._rt.backend
-
-    @property
-    def fused_weights(self) -> list[str]:
-        """Weights the native graph reads as one stacked matrix (q/k/v; gate/up on a GPU), once built."""
-        return list(self._rt.fused_weights)
-
-    @property
-    def host_resident(self) -> list[str]:
-        """GPU backends: embedding tables kept in host memory (the GPU cannot gather rows of their type)."""
-        return list(self._rt.host_resident)
 
     def reseed(self, seed: int | np.random.SeedSequence) -> None:
         """Restart the noise stream (the flow-matching start noise of every later call) from ``seed``."""

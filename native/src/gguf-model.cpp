@@ -52,16 +52,14 @@ std::vector<std::string> placement_order(const std::vector<std::string> & names)
         if (done.count(n)) continue;
         std::vector<std::string> group{n};
         for (const auto & g : kFusionGroups) {
-            for (const auto & suffix : g) {
-                if (!ends_with(n, "." + suffix)) continue;
-                const std::string stem = n.substr(0, n.size() - suffix.size());
-                group.clear();
-                for (const auto & x : g) {
-                    if (present.count(stem + x) && !done.count(stem + x)) group.push_back(stem + x);
-                }
-                break;
+            auto hit = std::find_if(g.begin(), g.end(), [&](const std::string & x) { return ends_with(n, "." + x); });
+            if (hit == g.end()) continue;
+            const std::string stem = n.substr(0, n.size() - hit->size());
+            group.clear();
+            for (const auto & x : g) {
+                if (present.count(stem + x) && !done.count(stem + x)) group.push_back(stem + x);
             }
-            if (group.size() != 1 || group[0] != n) break;
+            break;
         }
         for (const auto & x : group) {
             out.push_back(x);

@@ -29,7 +29,7 @@ def test_bundled_policies_have_distinct_digests():
 
 def test_quantizer_digest_follows_the_cli_defaults(monkeypatch):
     """A GGUF cached under other quantizer defaults (stage 2, menu, score floor) gets another name."""
-    import actquant_core.quant.pipeline as P
+    import actquant_core.quant.types as P
 
     d0 = quantizer_digest("actquant")
     assert len(d0) == 6 and d0 == quantizer_digest("actquant") and d0 != quantizer_digest("rtn")
