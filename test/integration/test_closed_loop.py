@@ -157,7 +157,8 @@ def test_closed_loop_episode_subprocess_node(sim, tiny_gguf, tmp_path):
     assert int(last["values"]["stall_ticks"]) < int(last["values"]["commands_sent"])
     assert np.abs(np.array(moving["q"]) - q0).max() > MOVED_RAD, (moving["q"], q0)
     assert np.abs(np.array(after["qd"])).max() < AT_REST_RAD_S, after
-    assert after["connections"] == 1, after  # only this query's dashboard socket: the node disconnected ur_rtde
+    # the node disconnected ur_rtde: no RTDE or script socket left (dashboard: this query's own socket)
+    assert after["connections_by_kind"]["rtde"] == 0 and after["connections_by_kind"]["script"] == 0, after
 
 
 class RecordingArm:

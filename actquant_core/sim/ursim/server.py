@@ -585,7 +585,8 @@ class UrSimServer:
         ctrl = self.controller
         snap = ctrl.latest
         with self._lock:
-            n_conns = len(self._conns)
+            kinds = [c.kind for c in self._conns]
+        by_kind = {k: kinds.count(k) for k in ("rtde", "script", "dashboard")}
         return {
             "timestamp": snap.timestamp,
             "q": list(snap.actual_q),
@@ -598,5 +599,8 @@ class UrSimServer:
             "motion_mode": ctrl.motion.mode,
             "digital_out": snap.digital_out_bits,
             "gripper": snap.gripper,
-            "connections": n_conns,
+            "connections": len(kinds),
+            # per kind: dashboard includes the socket answering this query, and may still include an
+            # earlier one-line query whose close the server has not read yet
+            "connections_by_kind": by_kind,
         }
