@@ -143,6 +143,10 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-noise-candidates", choices=("all", "fast"), default="all",
                    help="--noise output: price each type with stage 2's every candidate (all) or without GPTQ "
                         "(fast: GPTQ's cost dominates at real size; stage 2 still weighs it at the chosen types)")
+    p.add_argument("--output-noise-rows", type=int, default=0,
+                   help="--noise output: price each tensor with more rows than this on a seeded sample of that "
+                        "many rows, shared by every type (the error is a sum over rows and each row is quantized "
+                        "on its own: a ratio estimate at rows/N of the cost); 0 = every row (default)")
     p.add_argument("--stage2", choices=STAGE2_MODES, default=None,
                    help="actquant without --compensate: quantize the allocated types with the Fisher as GGML "
                         "importance (paper), with GGML's plain quantizer where the type allows it, or per tensor "
@@ -194,7 +198,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                          solver=args.solver, refine=args.refine, inactive=args.inactive, score=args.score,
                          score_floor=args.score_floor, noise=args.noise, compensate=args.compensate,
                          stage2=args.stage2 or default_stage2(args.method, args.compensate),
-                         output_gptq=args.output_noise_candidates == "all", calib_frames=args.calib_frames,
+                         output_gptq=args.output_noise_candidates == "all",
+                         output_rows=args.output_noise_rows or None, calib_frames=args.calib_frames,
                          split=args.split, holdout_every=args.holdout_every, seed=args.seed, calib=calib,
                          n_threads=args.threads, report=not args.no_report,
                          gptq=GptqConfig(percdamp=args.gptq_damp, max_cols=args.gptq_max_cols,

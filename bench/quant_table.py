@@ -93,6 +93,13 @@ VARIANTS = (
     ("actquant+floor+best+output-fast/noiq1", "actquant",
      {"score_floor": 0.5, "stage2": "best", "noise": "output", "output_gptq": False,
       "menu": tuple(t for t in DEFAULT_MENU if not t.startswith("IQ1"))}),
+    # … priced with GPTQ on a seeded sample of each tensor's rows (the ratio estimate real size can afford)
+    ("actquant+floor+best+output-r128/noiq1", "actquant",
+     {"score_floor": 0.5, "stage2": "best", "noise": "output", "output_rows": 128,
+      "menu": tuple(t for t in DEFAULT_MENU if not t.startswith("IQ1"))}),
+    ("actquant+floor+best+output-r256/noiq1", "actquant",
+     {"score_floor": 0.5, "stage2": "best", "noise": "output", "output_rows": 256,
+      "menu": tuple(t for t in DEFAULT_MENU if not t.startswith("IQ1"))}),
     ("rtn+best", "rtn", {"stage2": "best"}),  # control: uniform types, the same per-tensor best quantizer
     ("imatrix+best", "imatrix", {"stage2": "best"}),  # … with the IQ types under 2.625 bpw
     ("actquant+floor+best/k", "actquant", {"score_floor": 0.5, "stage2": "best", "menu": K_QUANTS}),
@@ -209,6 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     noise_fn = measured_noise_fn(weights, fisher, n_threads)  # cached (tensor, type) errors shared by the budgets
     out_noise = output_noise_fn(weights, cal, gptq_cfg, n_threads) if cal.gram else None  # likewise, noise "output"
     out_fast = output_noise_fn(weights, cal, gptq_cfg, n_threads, price_gptq=False) if cal.gram else None
+    out_sampled: dict = {}  # (output_rows, output_gptq) -> OutputNoise, shared by the budgets
+
+    def output_noise(pc):
+        if pc.output_rows is None:
+            return out_noise if pc.output_gptq else out_fast
+        key = (pc.output_rows, pc.output_gptq)
+        if key not in out_sampled:
+            out_sampled[key] = output_noise_fn(weights, cal, gptq_cfg, n_threads, pc.output_gptq, pc.output_rows, pc.seed)
+        return out_sampled[key]
 
     ref = export_reference(adapter, args.work / "reference-f32.gguf")
     A_ref, pre = runtime_actions(ref, eval_frames, seed=args.seed, n_threads=n_threads)
@@ -227,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             try:
                 plan = build_plan(adapter, pc, cal, weights, n_threads, error_fn=error_fn if method == "generic" else None,
-                                  noise_fn={"measured": noise_fn, "output": out_noise if pc.output_gptq else out_fast}.get(pc.noise))
+                                  noise_fn={"measured": noise_fn, "output": output_noise(pc) if cal.gram else None}.get(pc.noise))
             except ValueError as e:
                 row.update(status=str(e))
                 rows.append(row)
@@ -239,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                              stage2_cache=out_noise.best if out_noise is not None and pc.gptq == gptq_cfg else None)
             A_q, _ = runtime_actions(out, eval_frames, seed=args.seed, n_threads=n_threads)
             err = compare_actions(A_q, A_ref, pre, adapter.action_dims)
+            if pc.noise == "output" and cal.gram:  # cumulative over this variant's budgets so far (cached after)
+                row.update(output_pricing_seconds=output_noise(pc).seconds)
             row.update(status="ok", bpw_backbone=plan.bpw_backbone, bpw_backbone_nominal=plan.bpw_backbone_nominal,
                        bpw_whole=plan.bpw_whole, file_size=res.file_size,
                        quant_seconds=plan_s + res.seconds["quantize"] + res.seconds["write"],

@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import time
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -136,6 +137,9 @@ class PipelineConfig:
         output_gptq: noise "output" prices each type with the GPTQ candidate too (True) or only with the
             Fisher / plain / activation ones (False: much cheaper at real size; stage 2 "best" still weighs
             GPTQ at the chosen types).
+        output_rows: noise "output" prices each tensor with more rows than this on that many of its rows
+            (seeded sample shared by every type; a ratio estimator of the whole tensor's error, see
+            :class:`OutputNoise`); None prices every row.
         compensate: quantization of the allocated tensors of method actquant: "none" (GGML's quantizer with
             the Fisher as per-row importance, the paper's stage 2) or "gptq" (beyond the paper: GPTQ's
             Hessian error compensation on GGML's grids at each tensor's allocated type, activation importance
@@ -177,6 +181,7 @@ class PipelineConfig:
     compensate: str = "none"
     stage2: str = "fisher"
     output_gptq: bool = True
+    output_rows: int | None = None
     refine_config: RefineConfig = field(default_factory=RefineConfig)
     gptq: GptqConfig = field(default_factory=GptqConfig)
     calib_frames: int = 256
@@ -206,6 +211,8 @@ class PipelineConfig:
             raise ValueError(f"PipelineConfig.score_floor must be finite and >= 0, got {self.score_floor}")
         if self.noise not in NOISE_MODES:
             raise ValueError(f"PipelineConfig.noise={self.noise!r}; expected one of {NOISE_MODES}")
+        if self.output_rows is not None and not (isinstance(self.output_rows, int) and self.output_rows >= 1):
+            raise ValueError(f"PipelineConfig.output_rows must be an int >= 1 or None, got {self.output_rows!r}")
         if self.noise == "output" and self.stage2 != "best":
             raise ValueError("PipelineConfig.noise='output' measures stage 2 'best' per type: it needs stage2='best'")
         if self.compensate not in ("none", "gptq"):
@@ -534,11 +541,14 @@ def output_error(W: np.ndarray, Wq: np.ndarray, gram, device: str | None = None)
 
 
 def stage2_candidates(name: str, W: np.ndarray, t: str, calibration: CalibrationResult, gptq_cfg, ggml,
-                      own: tuple[str, bytes] | None = None, gptq: bool = True) -> tuple[dict[str, bytes], dict[str, float]]:
+                      own: tuple[str, bytes] | None = None, gptq: bool = True,
+                      rows: np.ndarray | None = None) -> tuple[dict[str, bytes], dict[str, float]]:
     """Stage 2 "best"'s candidates for tensor ``name`` (``W`` ``[rows, cols]``) at type ``t`` and their
     :func:`output_error`: ``own`` (the plan's own ``(importance, bytes)``), Fisher importance (where the Fisher
     was collected), plain (where the type allows it), activation importance and GPTQ (where it applies).
-    Needs ``calibration.gram[name]``."""
+    Needs ``calibration.gram[name]``.  ``rows`` (indices into the tensor's rows): ``W`` is those rows only, and
+    the per-element Fisher is sliced to match (every candidate quantizes each row on its own, so the result
+    is those rows of the whole tensor's)."""
     from actquant_core import native
 
     from .gptq import gptq_eligible, gptq_tensors
@@ -548,7 +558,8 @@ def stage2_candidates(name: str, W: np.ndarray, t: str, calibration: Calibration
     fisher = calibration.fisher or {}
     cands: dict[str, bytes] = dict([own]) if own is not None else {}
     if "fisher" not in cands and name in fisher:
-        cands["fisher"] = ggml(W, t, np.asarray(fisher[name], np.float32).reshape(W.shape))
+        F = np.asarray(fisher[name], np.float32).reshape(-1, W.shape[-1])
+        cands["fisher"] = ggml(W, t, np.ascontiguousarray(F if rows is None else F[rows]))
     if "none" not in cands and not native.type_traits(t)["requires_importance"]:
         cands["none"] = ggml(W, t, None)
     if "activation" not in cands and name in act:
@@ -572,15 +583,37 @@ class OutputNoise:
     (candidate, bytes, errors): build one per calibration and reuse it across budgets and for stage 2.
     ``price_gptq=False`` prices each type without the GPTQ candidate (its cost dominates at real size: one GGML
     quantization per column block, or more with the in-block recursion); ``best`` then stays empty and stage 2
-    weighs GPTQ at the chosen types only."""
+    weighs GPTQ at the chosen types only.
+
+    ``sample_rows`` (beyond the paper; None = every row): a tensor with more rows than this is priced on that
+    many of its rows, drawn once per tensor (seeded by ``seed`` and the tensor's name) and shared by every
+    type.  Both traces are sums over rows and every candidate (GGML's quantizers, GPTQ) treats each row on its
+    own, so the sampled ratio is a ratio estimator of the whole tensor's, and types are compared on the same
+    rows; pricing then costs ``sample_rows / rows`` of the full search per type.  A sampled tensor's winners
+    are not cached in ``best`` (stage 2 searches its whole rows at the chosen type)."""
 
     def __init__(self, weights: Mapping[str, np.ndarray], calibration: CalibrationResult, gptq_cfg, ggml,
-                 price_gptq: bool = True) -> None:
+                 price_gptq: bool = True, sample_rows: int | None = None, seed: int = 0) -> None:
+        if sample_rows is not None and sample_rows < 1:
+            raise ValueError(f"noise 'output': sample_rows must be >= 1 or None, got {sample_rows!r}")
         self.weights, self.calibration, self.gptq_cfg, self.ggml = weights, calibration, gptq_cfg, ggml
-        self.price_gptq = price_gptq
+        self.price_gptq, self.sample_rows, self.seed = price_gptq, sample_rows, seed
         self.best: dict[tuple[str, str], tuple[str, bytes, dict[str, float]]] = {}
         self._base: dict[str, float] = {}
         self._noise: dict[tuple[str, str], float] = {}
+        self._rows: dict[str, np.ndarray | None] = {}
+        self.seconds = 0.0  # spent pricing so far (cached answers cost nothing)
+
+    def rows_of(self, name: str, n_rows: int) -> np.ndarray | None:
+        """The sorted row indices tensor ``name`` is priced on (None: all of them)."""
+        if name not in self._rows:
+            k = self.sample_rows
+            if k is None or n_rows <= k:
+                self._rows[name] = None
+            else:
+                rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
+                self._rows[name] = np.sort(rng.choice(n_rows, size=k, replace=False))
+        return self._rows[name]
 
     def _W(self, name: str, shape) -> np.ndarray:
         return np.asarray(self.weights[name], np.float32).reshape(-1, shape[-1])
@@ -594,16 +627,20 @@ class OutputNoise:
         if t in HIGH_PRECISION_TYPES:
             self._noise[key] = 0.0
             return 0.0
+        t0 = time.perf_counter()
         W = self._W(spec.name, spec.shape)
+        rows = self.rows_of(spec.name, W.shape[0])
+        if rows is not None:
+            W = np.ascontiguousarray(W[rows])
         grams = self.calibration.gram or {}
         if spec.name in grams:
             g = grams[spec.name]
             if spec.name not in self._base:
                 self._base[spec.name] = output_error(W, np.zeros_like(W), g, self.gptq_cfg.device)
             cands, errs = stage2_candidates(spec.name, W, t, self.calibration, self.gptq_cfg, self.ggml,
-                                            gptq=self.price_gptq)
+                                            gptq=self.price_gptq, rows=rows)
             k = min(errs, key=lambda c: (errs[c], c))
-            if self.price_gptq:  # without GPTQ the winner is not stage 2's: stage 2 searches again
+            if self.price_gptq and rows is None:  # otherwise the winner is not stage 2's: stage 2 searches again
                 self.best[key] = (k, cands[k], errs)
             val = errs[k] / (self._base[spec.name] or 1.0)
         else:
@@ -615,11 +652,13 @@ class OutputNoise:
         if not math.isfinite(val):
             raise ValueError(f"noise 'output': non-finite error for {spec.name} at {t}")
         self._noise[key] = val
+        self.seconds += time.perf_counter() - t0
         return val
 
 
 def output_noise_fn(weights: Mapping[str, np.ndarray], calibration: CalibrationResult, gptq_cfg,
-                    n_threads: int | None = None, price_gptq: bool = True) -> OutputNoise:
+                    n_threads: int | None = None, price_gptq: bool = True, sample_rows: int | None = None,
+                    seed: int = 0) -> OutputNoise:
     """:class:`OutputNoise` with GGML's quantizers (``n_threads``); needs the Grams (and, for the Fisher and
     activation candidates, those statistics) in ``calibration``."""
     from actquant_core import native
@@ -630,7 +669,7 @@ def output_noise_fn(weights: Mapping[str, np.ndarray], calibration: CalibrationR
     def ggml(W: np.ndarray, t: str, imp: np.ndarray | None) -> bytes:
         return native.quantize(W, t, imp, n_threads=n_threads)
 
-    return OutputNoise(weights, calibration, gptq_cfg, ggml, price_gptq)
+    return OutputNoise(weights, calibration, gptq_cfg, ggml, price_gptq, sample_rows, seed)
 
 
 def best_stage2(plan: QuantPlan, weights: Mapping[str, np.ndarray], quantized: dict[str, tuple[str, bytes]],
@@ -735,7 +774,7 @@ def build_plan(
         if calibration is None:
             raise ValueError("noise 'output' needs the layer Grams; calibration has none")
         w = weights if weights is not None else adapter.canonical_weights()
-        noise_fn = output_noise_fn(w, calibration, cfg.gptq, n_threads, cfg.output_gptq)
+        noise_fn = output_noise_fn(w, calibration, cfg.gptq, n_threads, cfg.output_gptq, cfg.output_rows, cfg.seed)
     if cfg.noise == "bits":
         noise_fn = None
     if m == "actquant":
@@ -774,6 +813,8 @@ def build_plan(
     meta = dict(part.meta)
     meta.update(score=cfg.score, score_floor=cfg.score_floor, noise=cfg.noise, scope=cfg.scope, vision_type=cfg.vision_type or _default_vision_type(cfg.bpw), family=adapter.family,
                 menu=list(cfg.menu))
+    if cfg.noise == "output":
+        meta.update(output_candidates="all" if cfg.output_gptq else "fast", output_rows=cfg.output_rows)
     return QuantPlan(method=m, entries=entries, budget_bpw=float(cfg.bpw), objectives=dict(part.objectives), meta=meta)
 
 
@@ -973,7 +1014,7 @@ def quantize_policy(
         seconds["fisher"] = secs
     t0 = time.perf_counter()
     weights = adapter.canonical_weights()
-    noise_fn = (output_noise_fn(weights, calibration, cfg.gptq, cfg.n_threads, cfg.output_gptq)
+    noise_fn = (output_noise_fn(weights, calibration, cfg.gptq, cfg.n_threads, cfg.output_gptq, cfg.output_rows, cfg.seed)
                 if given is None and cfg.noise == "output" else None)
     the_plan = given if given is not None else build_plan(adapter, cfg, calibration, weights, cfg.n_threads,
                                                           noise_fn=noise_fn)

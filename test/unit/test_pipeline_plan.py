@@ -255,6 +255,57 @@ def test_output_error_leaves_its_inputs_alone():
         np.testing.assert_array_equal(Wq, Wq0)
 
 
+def test_output_noise_row_sample_is_the_rows_of_the_whole_search():
+    """--output-noise-rows: every stage-2 candidate (Fisher / plain / activation importance, GPTQ) quantizes each
+    row on its own, so the candidates of a row sample are bit-exactly those rows of the whole tensor's; the
+    sampled noise is the output-error ratio on those rows, the sample is seeded per tensor and shared by every
+    type, a tensor no taller than the sample is priced whole (and its winners cached), and the estimate is close
+    to the whole tensor's."""
+    from actquant_core import native
+    from actquant_core.quant.allocate import TensorSpec
+    from actquant_core.quant.calibrate import CalibrationResult
+    from actquant_core.quant.gptq import GptqConfig, GramStats
+    from actquant_core.quant.pipeline import output_error, output_noise_fn, stage2_candidates
+
+    rng = np.random.default_rng(1)
+    R, K, k = 384, 256, 96
+    W = rng.standard_normal((R, K)).astype(np.float32)
+    X = rng.standard_normal((400, 8)) @ rng.standard_normal((8, K)) + 0.3 * rng.standard_normal((400, K))  # correlated
+    cal = CalibrationResult(activation_importance={"w": (X ** 2).mean(0).astype(np.float32)})
+    cal.gram = {"w": GramStats(gram=X.T @ X, n=400)}
+    cal.fisher = {"w": rng.uniform(0.1, 2.0, (R, K)).astype(np.float32)}
+    cfg = GptqConfig(intra_group=16)
+
+    def ggml(A, t, imp):
+        return native.quantize(A, t, imp, n_threads=1)
+
+    noise = output_noise_fn({"w": W}, cal, cfg, n_threads=1, sample_rows=k, seed=3)
+    rows = noise.rows_of("w", R)
+    assert rows.shape == (k,) and np.all(np.diff(rows) > 0) and rows[-1] < R
+    again = output_noise_fn({"w": W}, cal, cfg, n_threads=1, sample_rows=k, seed=3)
+    np.testing.assert_array_equal(again.rows_of("w", R), rows)
+    assert not np.array_equal(noise.rows_of("other", R), rows)  # seeded by the tensor's name too
+    assert noise.rows_of("short", k) is None  # no taller than the sample: every row
+    spec = TensorSpec(name="w", shape=(R, K), score=1.0)
+    Ws = np.ascontiguousarray(W[rows])
+    for t in ("Q2_K", "IQ2_XS", "Q4_K"):
+        full, _ = stage2_candidates("w", W, t, cal, cfg, ggml)
+        part, errs = stage2_candidates("w", Ws, t, cal, cfg, ggml, rows=rows)
+        assert set(part) == set(full) and "gptq" in part and "fisher" in part
+        for c in part:
+            np.testing.assert_array_equal(native.dequantize(part[c], t, Ws.shape),
+                                          native.dequantize(full[c], t, W.shape)[rows], err_msg=f"{t} {c}")
+        want = min(errs.values()) / output_error(Ws, np.zeros_like(Ws), cal.gram["w"])
+        np.testing.assert_allclose(noise(spec, t), want, rtol=1e-12)
+        whole = output_noise_fn({"w": W}, cal, cfg, n_threads=1)(spec, t)
+        assert abs(noise(spec, t) / whole - 1) < 0.15, (t, noise(spec, t), whole)
+    assert noise.best == {}  # sampled winners are not stage 2's bytes
+    tall = output_noise_fn({"w": W}, cal, cfg, n_threads=1, sample_rows=R)
+    assert tall.rows_of("w", R) is None and tall(spec, "Q2_K") > 0 and ("w", "Q2_K") in tall.best
+    with pytest.raises(ValueError, match="sample_rows"):
+        output_noise_fn({"w": W}, cal, cfg, sample_rows=0)
+
+
 def test_output_noise_without_a_gram_uses_the_diagonal_approximation():
     """A tensor without a Gram (row length over gptq.max_cols) is priced by the activation-weighted relative error,
     uniform weights without activation statistics, also for types that require an importance (IQ2_XXS)."""
