@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from actquant_core import constants as C
-from actquant_core.quant.types import DEFAULT_SCORE_FLOOR, STAGE2_MODES, default_menu, default_stage2
+from actquant_core.quant.types import (DEFAULT_OUTPUT_ROWS, DEFAULT_SCORE_FLOOR, STAGE2_MODES, default_menu,
+                                      default_noise, default_stage2)
 
 log = logging.getLogger("actquant.cli")
 
@@ -135,18 +136,19 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
                         "paper's clipping, which sends every tensor whose sensitivity clips to zero to the "
                         "cheapest type: on the small OFT that halved 3 bpw closed-loop success, "
                         "bench/results/sim_table_oft*.json)")
-    p.add_argument("--noise", choices=("bits", "measured", "output"), default="bits",
+    p.add_argument("--noise", choices=("bits", "measured", "output"), default=None,
                    help="allocator noise model (actquant): 2^(-2b) per type (paper), each type's measured relative "
                         "Fisher-weighted error on each tensor (one quantization per tensor and menu type), or "
                         "(with --stage2 best) each type's relative layer-output error after stage 2's best-of "
-                        "quantization at that type (stage 2's search per tensor and menu type)")
+                        "quantization at that type (stage 2's search per tensor and menu type, on sampled rows: "
+                        "--output-noise-rows). Default: output for actquant with stage 2 best, else bits")
     p.add_argument("--output-noise-candidates", choices=("all", "fast"), default="all",
                    help="--noise output: price each type with stage 2's every candidate (all) or without GPTQ "
-                        "(fast: GPTQ's cost dominates at real size; stage 2 still weighs it at the chosen types)")
-    p.add_argument("--output-noise-rows", type=int, default=0,
+                        "(fast; stage 2 still weighs it at the chosen types)")
+    p.add_argument("--output-noise-rows", type=int, default=DEFAULT_OUTPUT_ROWS,
                    help="--noise output: price each tensor with more rows than this on a seeded sample of that "
                         "many rows, shared by every type (the error is a sum over rows and each row is quantized "
-                        "on its own: a ratio estimate at rows/N of the cost); 0 = every row (default)")
+                        f"on its own: a ratio estimate at N/rows of the cost); 0 = every row (default {DEFAULT_OUTPUT_ROWS})")
     p.add_argument("--stage2", choices=STAGE2_MODES, default=None,
                    help="actquant without --compensate: quantize the allocated types with the Fisher as GGML "
                         "importance (paper), with GGML's plain quantizer where the type allows it, or per tensor "
@@ -194,12 +196,15 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                         seed=args.seed, device=args.device, progress=not args.no_progress, targets=args.targets,
                         hsic=HsicConfig(estimator=args.hsic_estimator, project_dim=args.hsic_project_dim,
                                         device=args.device))
+    stage2 = args.stage2 or default_stage2(args.method, args.compensate)
     cfg = PipelineConfig(method=args.method, bpw=args.bpw, scope=args.scope, menu=menu, vision_type=args.vision_type,
                          solver=args.solver, refine=args.refine, inactive=args.inactive, score=args.score,
-                         score_floor=args.score_floor, noise=args.noise, compensate=args.compensate,
-                         stage2=args.stage2 or default_stage2(args.method, args.compensate),
+                         score_floor=args.score_floor, noise=args.noise or default_noise(args.method, stage2),
+                         compensate=args.compensate,
+                         stage2=stage2,
                          output_gptq=args.output_noise_candidates == "all",
-                         output_rows=args.output_noise_rows or None, calib_frames=args.calib_frames,
+                         output_rows=args.output_noise_rows or None,
+                         calib_frames=args.calib_frames,
                          split=args.split, holdout_every=args.holdout_every, seed=args.seed, calib=calib,
                          n_threads=args.threads, report=not args.no_report,
                          gptq=GptqConfig(percdamp=args.gptq_damp, max_cols=args.gptq_max_cols,

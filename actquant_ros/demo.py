@@ -70,13 +70,16 @@ def policy_digest(folder: Path) -> str:
 
 
 def quantizer_digest(method: str) -> str:
-    """Short hash of what ``actquant quantize`` does by default for ``method`` (stage 2, menu, score floor): a
-    cached GGUF made under other defaults is not reused."""
+    """Short hash of what ``actquant quantize`` does by default for ``method`` (stage 2, menu, score floor, noise
+    model and its row sample): a cached GGUF made under other defaults is not reused."""
     import hashlib
 
-    from actquant_core.quant.types import DEFAULT_SCORE_FLOOR, default_menu, default_stage2
+    from actquant_core.quant.types import (DEFAULT_OUTPUT_ROWS, DEFAULT_SCORE_FLOOR, default_menu, default_noise,
+                                          default_stage2)
 
-    key = f"{default_stage2(method)}|{','.join(default_menu(method))}|{DEFAULT_SCORE_FLOOR}"
+    stage2 = default_stage2(method)
+    key = (f"{stage2}|{','.join(default_menu(method))}|{DEFAULT_SCORE_FLOOR}|{default_noise(method, stage2)}"
+           f"|{DEFAULT_OUTPUT_ROWS}")
     return hashlib.sha256(key.encode()).hexdigest()[:6]
 
 

@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from actquant_core import constants as C
-from actquant_core.quant.types import DEFAULT_SCORE_FLOOR, STAGE2_MODES, default_menu, default_stage2
+from actquant_core.quant.types import (DEFAULT_OUTPUT_ROWS, DEFAULT_SCORE_FLOOR, STAGE2_MODES, default_menu,
+                                      default_noise, default_stage2)
 from actquant_ros.msgs import String
 from actquant_ros.transport import QOS_DEFAULT, Node, make_node
 
@@ -58,6 +59,8 @@ class QuantizerConfig:
         score_floor: HSIC scores raised to at least this fraction of their positive mean (as ``actquant
             quantize --score-floor``; default 0.5).
         stage2: "fisher", "plain", "best" or "" = the CLI's default (``default_stage2``: best for actquant).
+            The allocator's noise model follows the CLI's default too (``default_noise``: "output" priced on
+            ``DEFAULT_OUTPUT_ROWS`` sampled rows for actquant with stage 2 best).
         report: write the Markdown + PNG report.
         exit_when_done: shut the node down after the run (launch files end with it).
     """
@@ -121,7 +124,8 @@ class QuantizerConfig:
             "device": "torch device of the calibration passes: cpu | cuda | cuda:N",
             "refine": "refine K-quant blocks against the Fisher-weighted error",
             "score_floor": "HSIC scores raised to at least this fraction of their positive mean (0 = paper)",
-            "stage2": "stage 2 quantizer: fisher | plain | best ('' = best for actquant, as actquant quantize)",
+            "stage2": "stage 2 quantizer: fisher | plain | best ('' = best for actquant, as actquant quantize; with best the "
+                      f"allocator prices types by stage 2's output error on {DEFAULT_OUTPUT_ROWS} sampled rows, as the CLI)",
             "report": "write the Markdown + PNG report",
             "exit_when_done": "shut the node down when the run ends",
         }
@@ -169,11 +173,14 @@ class QuantizerNode:
             return self._fn(cfg.checkpoint, cfg.calib, cfg.bpw, cfg.method, cfg.out, cfg.plan or None,
                             config=None, tokenizer=cfg.tokenizer or None)
         from actquant_core.quant.calibrate import CalibConfig
+        from actquant_core.quant.gptq import GptqConfig
         from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
 
+        stage2 = cfg.stage2 or default_stage2(cfg.method)
         pc = PipelineConfig(method=cfg.method, bpw=cfg.bpw, scope=cfg.scope, refine=cfg.refine,
-                            score_floor=cfg.score_floor, stage2=cfg.stage2 or default_stage2(cfg.method),
-                            menu=default_menu(cfg.method),
+                            score_floor=cfg.score_floor, stage2=stage2, menu=default_menu(cfg.method),
+                            noise=default_noise(cfg.method, stage2), output_rows=DEFAULT_OUTPUT_ROWS,
+                            gptq=GptqConfig(device=cfg.device if cfg.device.startswith("cuda") else "cpu"),
                             calib_frames=cfg.calib_frames, seed=cfg.seed, n_threads=cfg.threads or None,
                             report=cfg.report, calib=CalibConfig(device=cfg.device))
         return quantize_policy(cfg.checkpoint, cfg.calib, cfg.bpw, cfg.method, cfg.out, cfg.plan or None,

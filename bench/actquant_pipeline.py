@@ -52,7 +52,14 @@ def main() -> int:
     ap.add_argument("--compensate", default="none", choices=("none", "gptq"))
     ap.add_argument("--stage2", default=None, choices=("fisher", "plain", "best"),
                     help="default: as actquant quantize (best for actquant without compensation)")
-    ap.add_argument("--noise", default="bits", choices=("bits", "measured", "output"))
+    ap.add_argument("--noise", default=None, choices=("bits", "measured", "output"),
+                    help="allocator noise model (default: actquant quantize's, default_noise)")
+    ap.add_argument("--output-noise-candidates", default="all", choices=("all", "fast"),
+                    help="--noise output: price with every stage-2 candidate (all) or without GPTQ (fast)")
+    ap.add_argument("--output-noise-rows", type=int, default=None,
+                    help="--noise output: price tensors taller than this on a seeded sample of that many rows "
+                         "(0 = all; default: actquant quantize's, DEFAULT_OUTPUT_ROWS)")
+    ap.add_argument("--menu", default=None, help="type menu (default: actquant quantize's for the method)")
     ap.add_argument("--score-floor", type=float, default=0.5, help="as actquant quantize (CLI default 0.5)")
     ap.add_argument("--gptq-intra-group", type=int, default=None, help="GptqConfig.intra_group (default: its own)")
     ap.add_argument("--device", default="cuda", help="calibration / Fisher / GPTQ device")
@@ -74,6 +81,7 @@ def main() -> int:
     from actquant_core.quant.calibrate import CalibConfig
     from actquant_core.quant.gptq import GptqConfig
     from actquant_core.quant.pipeline import PipelineConfig, default_stage2, quantize_policy
+    from actquant_core.quant.types import DEFAULT_OUTPUT_ROWS, default_menu, default_noise
 
     cfg = get_preset(args.preset)
     t0 = time.perf_counter()
@@ -84,9 +92,14 @@ def main() -> int:
     frames = synthetic_frames(cfg, args.frames, args.seed)
     gptq = GptqConfig(device=args.device, **({} if args.gptq_intra_group is None
                                              else {"intra_group": args.gptq_intra_group}))
+    stage2 = args.stage2 or default_stage2(args.method, args.compensate)
+    noise = args.noise or default_noise(args.method, stage2)
+    rows = DEFAULT_OUTPUT_ROWS if args.output_noise_rows is None else args.output_noise_rows
     pcfg = PipelineConfig(method=args.method, bpw=args.bpw, compensate=args.compensate, n_threads=args.threads,
-                          calib_frames=args.frames, stage2=args.stage2 or default_stage2(args.method, args.compensate),
-                          noise=args.noise,
+                          calib_frames=args.frames, stage2=stage2,
+                          noise=noise, output_gptq=args.output_noise_candidates == "all",
+                          output_rows=rows or None,
+                          menu=tuple(t.strip().upper() for t in args.menu.split(",")) if args.menu else default_menu(args.method),
                           score_floor=args.score_floor, gptq=gptq,
                           calib=CalibConfig(device=args.device, targets="policy", batch_size=args.batch_size,
                                             fisher_batch_size=args.fisher_batch_size, progress=False, seed=args.seed))
@@ -102,7 +115,10 @@ def main() -> int:
         summary = res.summary()
     result = {
         "preset": args.preset, "params": int(n_params), "frames": args.frames, "method": args.method,
-        "compensate": args.compensate, "stage2": pcfg.stage2, "gptq_intra_max_cols": gptq.intra_max_cols, "noise": args.noise, "score_floor": args.score_floor,
+        "compensate": args.compensate, "stage2": pcfg.stage2, "gptq_intra_max_cols": gptq.intra_max_cols, "noise": noise,
+        "output_candidates": args.output_noise_candidates if noise == "output" else None,
+        "output_rows": (rows or None) if noise == "output" else None,
+        "menu": list(pcfg.menu), "score_floor": args.score_floor,
         "gptq_intra_group": gptq.intra_group, "stage2_choices": res.plan.meta.get("stage2_choices"),
         "budget_bpw": args.bpw, "device": args.device,
         "gpu": torch.cuda.get_device_name() if use_cuda else None,

@@ -106,6 +106,20 @@ def default_stage2(method: str, compensate: str = "none") -> str:
     return "best" if method == "actquant" and compensate == "none" else "fisher"
 
 
+#: Rows a tall tensor is priced on by the allocator's noise "output" when it is the default (``default_noise``):
+#: a seeded sample shared by every type (see ``pipeline.OutputNoise``).  The error is a sum over rows that each
+#: quantizer treats independently, so the sample size sets the estimate's spread, not the tensor's size; on the
+#: small presets 128 and 256 rows both beat every baseline at every bpw (bench/results/quant_table_*_output_rows.json).
+DEFAULT_OUTPUT_ROWS = 256
+
+
+def default_noise(method: str, stage2: str) -> str:
+    """The allocator's noise model when none is asked for: "output" (each type priced at the layer-output error
+    of stage 2's own best-of quantization, on ``DEFAULT_OUTPUT_ROWS`` sampled rows) for method actquant with
+    stage 2 "best", the paper's "bits" otherwise."""
+    return "output" if method == "actquant" and stage2 == "best" else "bits"
+
+
 #: Types with 32-weight blocks that a tensor whose row length is not a multiple of 256 falls back to
 #: (llama.cpp's ``llama-quant.cpp`` does the same kind of substitution and counts it).  Only Q8_0 by
 #: default because the native module quantizes Q8_0 but not (yet) Q4_0 / Q5_0 / IQ4_NL; pass

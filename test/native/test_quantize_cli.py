@@ -14,6 +14,7 @@ from actquant_core.policies.common.tokenizer import SentencePieceTokenizer
 from actquant_core.policies.pi05.config import get_preset
 from actquant_core.policies.pi05.model import Pi05Model
 from actquant_core.quant.plan import QuantPlan
+from actquant_core.quant.types import DEFAULT_OUTPUT_ROWS
 from actquant_core.runtime.pi05 import Pi05Runtime
 from actquant_core.runtime.types import Observation
 
@@ -113,7 +114,8 @@ def test_stage2_best_picks_the_smallest_output_error_and_reapplies(workdir, caps
 
     root, ckpt, data = workdir
     out = root / "best.gguf"
-    assert _quantize(ckpt, data, out, "--bpw", "3.0", "--method", "actquant", "--stage2", "best", "--no-report") == 0
+    assert _quantize(ckpt, data, out, "--bpw", "3.0", "--method", "actquant", "--stage2", "best", "--noise", "bits",
+                     "--no-report") == 0
     capsys.readouterr()
     plan = QuantPlan.load(root / "best.plan.yaml")
     assert plan.meta["stage2"] == "best" and sum(plan.meta["stage2_choices"].values()) > 0
@@ -207,7 +209,9 @@ def test_output_noise_prices_each_type_at_the_written_error(workdir, capsys):
     plan3 = QuantPlan.load(root / "outnoise-fast.plan.yaml")
     assert plan3.meta["noise"] == "output" and plan3.meta["stage2"] == "best" and plan3.bpw_backbone <= 3.5 + 1e-9
     assert plan3.meta["output_candidates"] == "fast" and plan3.meta["output_rows"] == 8
-    assert plan.meta["output_candidates"] == "all" and plan.meta["output_rows"] is None
+    # the default row sample: a sampled tensor's winners are not reused, stage 2 searches its whole rows, so the
+    # file still holds each type's whole-tensor best (the exact match with the unsampled noise above)
+    assert plan.meta["output_candidates"] == "all" and plan.meta["output_rows"] == DEFAULT_OUTPUT_ROWS
 
 
 def test_output_noise_needs_stage2_best(workdir, capsys):
@@ -221,7 +225,7 @@ def test_output_noise_needs_stage2_best(workdir, capsys):
 
 @pytest.mark.parametrize("method,extra", [("rtn", ()), ("imatrix", ()), ("hsic-only", ()), ("fisher-only", ()),
                                           ("generic", ("--menu", "Q2_K,Q4_K")), ("gptq", ()),
-                                          ("actquant", ("--scope", "all", "--inactive", "cheapest"))])
+                                          ("actquant", ("--scope", "all", "--inactive", "cheapest", "--noise", "bits"))])
 def test_every_method_loads_and_runs(workdir, capsys, method, extra):
     root, ckpt, data = workdir
     out = root / f"{method}.gguf"

@@ -28,7 +28,7 @@ def test_bundled_policies_have_distinct_digests():
 
 
 def test_quantizer_digest_follows_the_cli_defaults(monkeypatch):
-    """A GGUF cached under other quantizer defaults (stage 2, menu, score floor) gets another name."""
+    """A GGUF cached under other quantizer defaults (stage 2, menu, score floor, noise, row sample) gets another name."""
     import actquant_core.quant.types as P
 
     d0 = quantizer_digest("actquant")
@@ -37,4 +37,10 @@ def test_quantizer_digest_follows_the_cli_defaults(monkeypatch):
     assert quantizer_digest("actquant") != d0
     monkeypatch.undo()
     monkeypatch.setattr(P, "DEFAULT_SCORE_FLOOR", 0.0)
+    assert quantizer_digest("actquant") != d0
+    monkeypatch.undo()
+    monkeypatch.setattr(P, "default_noise", lambda method, stage2: "bits")
+    assert quantizer_digest("actquant") != d0
+    monkeypatch.undo()
+    monkeypatch.setattr(P, "DEFAULT_OUTPUT_ROWS", 128)
     assert quantizer_digest("actquant") != d0
