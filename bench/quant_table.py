@@ -100,6 +100,10 @@ VARIANTS = (
     ("actquant+floor+best+output-r256/noiq1", "actquant",
      {"score_floor": 0.5, "stage2": "best", "noise": "output", "output_rows": 256,
       "menu": tuple(t for t in DEFAULT_MENU if not t.startswith("IQ1"))}),
+    # … GPTQ priced block-wise only (no recursion inside 256-blocks; stage 2 still recurses at the chosen types)
+    ("actquant+floor+best+output-r256-g0/noiq1", "actquant",
+     {"score_floor": 0.5, "stage2": "best", "noise": "output", "output_rows": 256, "output_intra": False,
+      "menu": tuple(t for t in DEFAULT_MENU if not t.startswith("IQ1"))}),
     ("rtn+best", "rtn", {"stage2": "best"}),  # control: uniform types, the same per-tensor best quantizer
     ("imatrix+best", "imatrix", {"stage2": "best"}),  # … with the IQ types under 2.625 bpw
     ("actquant+floor+best/k", "actquant", {"score_floor": 0.5, "stage2": "best", "menu": K_QUANTS}),
@@ -216,14 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     noise_fn = measured_noise_fn(weights, fisher, n_threads)  # cached (tensor, type) errors shared by the budgets
     out_noise = output_noise_fn(weights, cal, gptq_cfg, n_threads) if cal.gram else None  # likewise, noise "output"
     out_fast = output_noise_fn(weights, cal, gptq_cfg, n_threads, price_gptq=False) if cal.gram else None
-    out_sampled: dict = {}  # (output_rows, output_gptq) -> OutputNoise, shared by the budgets
+    out_sampled: dict = {}  # (output_rows, output_gptq, output_intra) -> OutputNoise, shared by the budgets
 
     def output_noise(pc):
-        if pc.output_rows is None:
+        if pc.output_rows is None and pc.output_intra:
             return out_noise if pc.output_gptq else out_fast
-        key = (pc.output_rows, pc.output_gptq)
+        key = (pc.output_rows, pc.output_gptq, pc.output_intra)
         if key not in out_sampled:
-            out_sampled[key] = output_noise_fn(weights, cal, gptq_cfg, n_threads, pc.output_gptq, pc.output_rows, pc.seed)
+            out_sampled[key] = output_noise_fn(weights, cal, gptq_cfg, n_threads, pc.output_gptq, pc.output_rows, pc.seed,
+                                               pc.output_intra)
         return out_sampled[key]
 
     ref = export_reference(adapter, args.work / "reference-f32.gguf")

@@ -140,6 +140,9 @@ class PipelineConfig:
         output_rows: noise "output" prices each tensor with more rows than this on that many of its rows
             (seeded sample shared by every type; a ratio estimator of the whole tensor's error, see
             :class:`OutputNoise`); None prices every row.
+        output_intra: noise "output" prices GPTQ with its recursion inside type blocks (``gptq.intra_group``,
+            where ``gptq.intra_max_cols`` allows it) as stage 2 runs it (True) or block-wise only (False:
+            several times cheaper where the recursion runs; stage 2 still recurses at the chosen types).
         compensate: quantization of the allocated tensors of method actquant: "none" (GGML's quantizer with
             the Fisher as per-row importance, the paper's stage 2) or "gptq" (beyond the paper: GPTQ's
             Hessian error compensation on GGML's grids at each tensor's allocated type, activation importance
@@ -182,6 +185,7 @@ class PipelineConfig:
     stage2: str = "fisher"
     output_gptq: bool = True
     output_rows: int | None = None
+    output_intra: bool = True
     refine_config: RefineConfig = field(default_factory=RefineConfig)
     gptq: GptqConfig = field(default_factory=GptqConfig)
     calib_frames: int = 256
@@ -593,11 +597,15 @@ class OutputNoise:
     are not cached in ``best`` (stage 2 searches its whole rows at the chosen type)."""
 
     def __init__(self, weights: Mapping[str, np.ndarray], calibration: CalibrationResult, gptq_cfg, ggml,
-                 price_gptq: bool = True, sample_rows: int | None = None, seed: int = 0) -> None:
+                 price_gptq: bool = True, sample_rows: int | None = None, seed: int = 0,
+                 price_intra: bool = True) -> None:
         if sample_rows is not None and sample_rows < 1:
             raise ValueError(f"noise 'output': sample_rows must be >= 1 or None, got {sample_rows!r}")
         self.weights, self.calibration, self.gptq_cfg, self.ggml = weights, calibration, gptq_cfg, ggml
         self.price_gptq, self.sample_rows, self.seed = price_gptq, sample_rows, seed
+        # price_intra=False: GPTQ priced without its recursion inside type blocks (block-wise only; the
+        # recursion's 2 + block/intra_group quantizations per block dominate pricing where it runs)
+        self.price_cfg = gptq_cfg if price_intra else replace(gptq_cfg, intra_group=0)
         self.best: dict[tuple[str, str], tuple[str, bytes, dict[str, float]]] = {}
         self._base: dict[str, float] = {}
         self._noise: dict[tuple[str, str], float] = {}
@@ -637,10 +645,11 @@ class OutputNoise:
             g = grams[spec.name]
             if spec.name not in self._base:
                 self._base[spec.name] = output_error(W, np.zeros_like(W), g, self.gptq_cfg.device)
-            cands, errs = stage2_candidates(spec.name, W, t, self.calibration, self.gptq_cfg, self.ggml,
+            cands, errs = stage2_candidates(spec.name, W, t, self.calibration, self.price_cfg, self.ggml,
                                             gptq=self.price_gptq, rows=rows)
             k = min(errs, key=lambda c: (errs[c], c))
-            if self.price_gptq and rows is None:  # otherwise the winner is not stage 2's: stage 2 searches again
+            if self.price_gptq and rows is None and self.price_cfg == self.gptq_cfg:
+                # otherwise the winner is not stage 2's: stage 2 searches again
                 self.best[key] = (k, cands[k], errs)
             val = errs[k] / (self._base[spec.name] or 1.0)
         else:
@@ -658,7 +667,7 @@ class OutputNoise:
 
 def output_noise_fn(weights: Mapping[str, np.ndarray], calibration: CalibrationResult, gptq_cfg,
                     n_threads: int | None = None, price_gptq: bool = True, sample_rows: int | None = None,
-                    seed: int = 0) -> OutputNoise:
+                    seed: int = 0, price_intra: bool = True) -> OutputNoise:
     """:class:`OutputNoise` with GGML's quantizers (``n_threads``); needs the Grams (and, for the Fisher and
     activation candidates, those statistics) in ``calibration``."""
     from actquant_core import native
@@ -669,7 +678,7 @@ def output_noise_fn(weights: Mapping[str, np.ndarray], calibration: CalibrationR
     def ggml(W: np.ndarray, t: str, imp: np.ndarray | None) -> bytes:
         return native.quantize(W, t, imp, n_threads=n_threads)
 
-    return OutputNoise(weights, calibration, gptq_cfg, ggml, price_gptq, sample_rows, seed)
+    return OutputNoise(weights, calibration, gptq_cfg, ggml, price_gptq, sample_rows, seed, price_intra)
 
 
 def best_stage2(plan: QuantPlan, weights: Mapping[str, np.ndarray], quantized: dict[str, tuple[str, bytes]],
@@ -774,7 +783,8 @@ def build_plan(
         if calibration is None:
             raise ValueError("noise 'output' needs the layer Grams; calibration has none")
         w = weights if weights is not None else adapter.canonical_weights()
-        noise_fn = output_noise_fn(w, calibration, cfg.gptq, n_threads, cfg.output_gptq, cfg.output_rows, cfg.seed)
+        noise_fn = output_noise_fn(w, calibration, cfg.gptq, n_threads, cfg.output_gptq, cfg.output_rows, cfg.seed,
+                                   cfg.output_intra)
     if cfg.noise == "bits":
         noise_fn = None
     if m == "actquant":
@@ -1014,7 +1024,8 @@ def quantize_policy(
         seconds["fisher"] = secs
     t0 = time.perf_counter()
     weights = adapter.canonical_weights()
-    noise_fn = (output_noise_fn(weights, calibration, cfg.gptq, cfg.n_threads, cfg.output_gptq, cfg.output_rows, cfg.seed)
+    noise_fn = (output_noise_fn(weights, calibration, cfg.gptq, cfg.n_threads, cfg.output_gptq, cfg.output_rows, cfg.seed,
+                                cfg.output_intra)
                 if given is None and cfg.noise == "output" else None)
     the_plan = given if given is not None else build_plan(adapter, cfg, calibration, weights, cfg.n_threads,
                                                           noise_fn=noise_fn)

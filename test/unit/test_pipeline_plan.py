@@ -306,6 +306,38 @@ def test_output_noise_row_sample_is_the_rows_of_the_whole_search():
         output_noise_fn({"w": W}, cal, cfg, sample_rows=0)
 
 
+def test_output_noise_block_wise_pricing():
+    """price_intra=False: GPTQ is priced block-wise (intra_group 0), every other setting as stage 2's; nothing is
+    cached for stage 2, whose GPTQ still recurses; with the recursion the price is stage 2's own search."""
+    from actquant_core import native
+    from actquant_core.quant.allocate import TensorSpec
+    from actquant_core.quant.calibrate import CalibrationResult
+    from actquant_core.quant.gptq import GptqConfig, GramStats
+    from actquant_core.quant.pipeline import output_error, output_noise_fn, stage2_candidates
+
+    rng = np.random.default_rng(2)
+    W = rng.standard_normal((64, 512)).astype(np.float32)
+    X = rng.standard_normal((300, 6)) @ rng.standard_normal((6, 512)) + 0.2 * rng.standard_normal((300, 512))
+    cal = CalibrationResult(activation_importance={"w": (X ** 2).mean(0).astype(np.float32)})
+    cal.gram = {"w": GramStats(gram=X.T @ X, n=300)}
+    cfg = GptqConfig(intra_group=16, percdamp=0.02)
+    spec = TensorSpec(name="w", shape=(64, 512), score=1.0)
+
+    def ggml(A, t, imp):
+        return native.quantize(A, t, imp, n_threads=1)
+
+    flat = output_noise_fn({"w": W}, cal, cfg, n_threads=1, price_intra=False)
+    deep = output_noise_fn({"w": W}, cal, cfg, n_threads=1)
+    assert flat.price_cfg == GptqConfig(intra_group=0, percdamp=0.02) and deep.price_cfg == cfg
+    base = output_error(W, np.zeros_like(W), cal.gram["w"])
+    for t in ("Q2_K", "Q4_K"):
+        _, errs = stage2_candidates("w", W, t, cal, GptqConfig(intra_group=0, percdamp=0.02), ggml)
+        np.testing.assert_allclose(flat(spec, t), min(errs.values()) / base, rtol=1e-12)
+        _, errs = stage2_candidates("w", W, t, cal, cfg, ggml)
+        np.testing.assert_allclose(deep(spec, t), min(errs.values()) / base, rtol=1e-12)
+    assert flat.best == {} and set(deep.best) == {("w", "Q2_K"), ("w", "Q4_K")}
+
+
 def test_output_noise_without_a_gram_uses_the_diagonal_approximation():
     """A tensor without a Gram (row length over gptq.max_cols) is priced by the activation-weighted relative error,
     uniform weights without activation statistics, also for types that require an importance (IQ2_XXS)."""
