@@ -58,10 +58,12 @@ from .types import HIGH_PRECISION_TYPES, type_block
 __all__ = [
     "GptqConfig",
     "GptqError",
+    "GptqFactor",
     "GptqResult",
     "GramStats",
     "GramAccumulator",
     "gptq_eligible",
+    "gptq_factor",
     "hessian_from_gram",
     "gptq_quantize",
     "gptq_tensors",
@@ -189,6 +191,51 @@ def hessian_from_gram(stats: GramStats) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class GptqFactor:
+    """What :func:`gptq_quantize` derives from a tensor's Hessian alone, reusable across GGML types.
+
+    Attributes:
+        U: upper Cholesky factor of the damped ``H⁻¹`` ``[cols, cols]`` float64 (torch, on the solve device).
+        damp: the damping added to the diagonal.
+        dead_columns: columns with ``H_cc = 0``.
+    """
+
+    U: torch.Tensor
+    damp: float
+    dead_columns: int
+
+
+def gptq_factor(H: np.ndarray, config: GptqConfig | None = None, name: str = "tensor") -> GptqFactor:
+    """Symmetrise ``H`` ``[cols, cols]``, set dead columns' diagonal to 1, damp, and factor the inverse
+    (``H⁻¹ = UᵀU``) on ``config.device``.  Raises ``GptqError`` for a non-finite or non-square ``H`` or one that is
+    not positive definite after damping."""
+    cfg = config or GptqConfig()
+    H = np.asarray(H, dtype=np.float64)
+    if H.ndim != 2 or H.shape[0] != H.shape[1]:
+        raise GptqError(f"{name}: Hessian must be square, got shape {H.shape}")
+    if not np.isfinite(H).all():
+        raise GptqError(f"{name}: Hessian contains NaN or Inf")
+    cols = H.shape[0]
+    Ht = torch.from_numpy(H.copy()).to(torch.device(cfg.device))
+    Ht = 0.5 * (Ht + Ht.T)
+    diag = torch.diagonal(Ht)
+    dead = diag == 0
+    n_dead = int(dead.sum())
+    diag[dead] = 1.0
+    damp = cfg.percdamp * float(diag.mean())
+    diag += damp
+    L, info = torch.linalg.cholesky_ex(Ht)
+    if int(info) != 0:
+        raise GptqError(f"{name}: Hessian is not positive definite after damping percdamp={cfg.percdamp} "
+                        f"(leading minor {int(info)} of {cols}); raise the damping or check the calibration inputs")
+    U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+    if int(info) != 0 or not bool(torch.isfinite(U).all()):
+        raise GptqError(f"{name}: the inverse Hessian is not positive definite (ill-conditioned H, "
+                        f"percdamp={cfg.percdamp}); raise the damping")
+    return GptqFactor(U=U, damp=damp, dead_columns=n_dead)
+
+
+@dataclass(frozen=True)
 class GptqResult:
     """Output of :func:`gptq_quantize`.
 
@@ -252,6 +299,7 @@ def gptq_quantize(
     quantize: QuantizeFn | None = None,
     dequantize: DequantizeFn | None = None,
     name: str = "tensor",
+    factor: GptqFactor | None = None,
 ) -> GptqResult:
     """GPTQ of ``W`` ``[rows, cols]`` as ``ggml_type`` under Hessian ``H`` ``[cols, cols]`` (see module doc).
 
@@ -263,6 +311,8 @@ def gptq_quantize(
         config: :class:`GptqConfig`.
         quantize / dequantize: GGML codecs (default ``actquant_core.native.quantize`` / ``dequantize``).
         name: tensor name for messages.
+        factor: :func:`gptq_factor` of ``H`` with this ``config``, computed once for several types of one
+            tensor (None: computed here).
     Raises ``GptqError`` (a ``ValueError``) for non-finite ``W``/``H``/importance, a shape mismatch, a
     row length that is not a multiple of the block size, an unquantized type, or an ``H`` that is not
     positive definite after damping.
@@ -284,35 +334,20 @@ def gptq_quantize(
         raise GptqError(f"{name}: row length {cols} is not a multiple of {ggml_type}'s block size {bs}")
     if not np.isfinite(W).all():
         raise GptqError(f"{name}: weight contains NaN or Inf")
-    H = np.asarray(H, dtype=np.float64)
-    if H.shape != (cols, cols):
-        raise GptqError(f"{name}: Hessian shape {H.shape} does not match {cols} weight columns")
-    if not np.isfinite(H).all():
-        raise GptqError(f"{name}: Hessian contains NaN or Inf")
     if importance is not None:
         importance = np.asarray(importance, dtype=np.float32)
         if importance.shape not in ((cols,), (rows, cols)):
             raise GptqError(f"{name}: importance shape {importance.shape}; expected ({cols},) or ({rows}, {cols})")
         if not np.isfinite(importance).all():
             raise GptqError(f"{name}: importance contains NaN or Inf")
-
+    if factor is None:
+        if np.shape(H) != (cols, cols):
+            raise GptqError(f"{name}: Hessian shape {np.shape(H)} does not match {cols} weight columns")
+        factor = gptq_factor(H, cfg, name)
+    elif tuple(factor.U.shape) != (cols, cols):
+        raise GptqError(f"{name}: factor shape {tuple(factor.U.shape)} does not match {cols} weight columns")
     dev = torch.device(cfg.device)
-    Ht = torch.from_numpy(H.copy()).to(dev)
-    Ht = 0.5 * (Ht + Ht.T)
-    diag = torch.diagonal(Ht)
-    dead = diag == 0
-    n_dead = int(dead.sum())
-    diag[dead] = 1.0
-    damp = cfg.percdamp * float(diag.mean())
-    diag += damp
-    L, info = torch.linalg.cholesky_ex(Ht)
-    if int(info) != 0:
-        raise GptqError(f"{name}: Hessian is not positive definite after damping percdamp={cfg.percdamp} "
-                        f"(leading minor {int(info)} of {cols}); raise the damping or check the calibration inputs")
-    U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
-    if int(info) != 0 or not bool(torch.isfinite(U).all()):
-        raise GptqError(f"{name}: the inverse Hessian is not positive definite (ill-conditioned H, "
-                        f"percdamp={cfg.percdamp}); raise the damping")
+    U, damp, n_dead = factor.U.to(dev), factor.damp, factor.dead_columns
 
     Wt = torch.from_numpy(W.copy()).to(dev, torch.float64)  # [rows, cols], updated in place
     final = np.empty_like(W)
@@ -368,10 +403,12 @@ def gptq_tensors(
     config: GptqConfig,
     quantize: QuantizeFn,
     dequantize: DequantizeFn,
+    factors: dict[str, GptqFactor] | None = None,
 ) -> tuple[dict[str, bytes], dict[str, str]]:
     """GPTQ of every tensor in ``types`` (name -> GGML type); a tensor GPTQ cannot handle falls back to
-    ``quantize(W, type, importance)`` (imatrix), logged.  Returns (name -> bytes, name -> "gptq" or the
-    fallback reason)."""
+    ``quantize(W, type, importance)`` (imatrix), logged.  ``factors`` (name -> :func:`gptq_factor`), when given,
+    is read and filled: a caller quantizing one tensor at several types factors its Hessian once.  Returns
+    (name -> bytes, name -> "gptq" or the fallback reason)."""
     out: dict[str, bytes] = {}
     status: dict[str, str] = {}
     for name, t in types.items():
@@ -381,8 +418,13 @@ def gptq_tensors(
         try:
             if name not in grams:
                 raise GptqError(f"{name}: no Gram statistics were collected")
-            res = gptq_quantize(W, t, hessian_from_gram(grams[name]), imp, config=config, quantize=quantize,
-                                dequantize=dequantize, name=name)
+            factor = None
+            if factors is not None:
+                if name not in factors:
+                    factors[name] = gptq_factor(hessian_from_gram(grams[name]), config, name)
+                factor = factors[name]
+            res = gptq_quantize(W, t, None if factor is not None else hessian_from_gram(grams[name]), imp,
+                                config=config, quantize=quantize, dequantize=dequantize, name=name, factor=factor)
             out[name], status[name] = res.data, "gptq"
         except GptqError as e:
             log.warning("GPTQ fallback to imatrix quantization: %s", e)

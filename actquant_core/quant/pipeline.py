@@ -546,13 +546,15 @@ def output_error(W: np.ndarray, Wq: np.ndarray, gram, device: str | None = None)
 
 def stage2_candidates(name: str, W: np.ndarray, t: str, calibration: CalibrationResult, gptq_cfg, ggml,
                       own: tuple[str, bytes] | None = None, gptq: bool = True,
-                      rows: np.ndarray | None = None) -> tuple[dict[str, bytes], dict[str, float]]:
+                      rows: np.ndarray | None = None, factors: dict | None = None,
+                      ) -> tuple[dict[str, bytes], dict[str, float]]:
     """Stage 2 "best"'s candidates for tensor ``name`` (``W`` ``[rows, cols]``) at type ``t`` and their
     :func:`output_error`: ``own`` (the plan's own ``(importance, bytes)``), Fisher importance (where the Fisher
     was collected), plain (where the type allows it), activation importance and GPTQ (where it applies).
     Needs ``calibration.gram[name]``.  ``rows`` (indices into the tensor's rows): ``W`` is those rows only, and
     the per-element Fisher is sliced to match (every candidate quantizes each row on its own, so the result
-    is those rows of the whole tensor's)."""
+    is those rows of the whole tensor's).  ``factors``: GPTQ's Hessian factors by tensor name, read and filled
+    (see :func:`.gptq.gptq_tensors`)."""
     from actquant_core import native
 
     from .gptq import gptq_eligible, gptq_tensors
@@ -569,7 +571,8 @@ def stage2_candidates(name: str, W: np.ndarray, t: str, calibration: Calibration
     if "activation" not in cands and name in act:
         cands["activation"] = ggml(W, t, act[name])
     if gptq and name in act and gptq_eligible(t, W.shape, gptq_cfg) is None:
-        data, status = gptq_tensors({name: W}, {name: t}, {name: gram}, act, gptq_cfg, ggml, native.dequantize)
+        data, status = gptq_tensors({name: W}, {name: t}, {name: gram}, act, gptq_cfg, ggml, native.dequantize,
+                                    factors=factors)
         if status[name] == "gptq":
             cands["gptq"] = data[name]
     if not cands:
@@ -611,6 +614,9 @@ class OutputNoise:
         self._noise: dict[tuple[str, str], float] = {}
         self._rows: dict[str, np.ndarray | None] = {}
         self.seconds = 0.0  # spent pricing so far (cached answers cost nothing)
+        # GPTQ's Hessian factor of the tensor being priced (the allocator asks for every type of one tensor
+        # before the next: one slot suffices, and holds one [cols, cols] float64 factor at a time)
+        self._factors: dict = {}
 
     def rows_of(self, name: str, n_rows: int) -> np.ndarray | None:
         """The sorted row indices tensor ``name`` is priced on (None: all of them)."""
@@ -645,8 +651,10 @@ class OutputNoise:
             g = grams[spec.name]
             if spec.name not in self._base:
                 self._base[spec.name] = output_error(W, np.zeros_like(W), g, self.gptq_cfg.device)
+            if spec.name not in self._factors:
+                self._factors.clear()
             cands, errs = stage2_candidates(spec.name, W, t, self.calibration, self.price_cfg, self.ggml,
-                                            gptq=self.price_gptq, rows=rows)
+                                            gptq=self.price_gptq, rows=rows, factors=self._factors)
             k = min(errs, key=lambda c: (errs[c], c))
             if self.price_gptq and rows is None and self.price_cfg == self.gptq_cfg:
                 # otherwise the winner is not stage 2's: stage 2 searches again

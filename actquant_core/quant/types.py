@@ -110,7 +110,7 @@ def default_stage2(method: str, compensate: str = "none") -> str:
 #: a seeded sample shared by every type (see ``pipeline.OutputNoise``).  The error is a sum over rows that each
 #: quantizer treats independently, so the sample size sets the estimate's spread, not the tensor's size; on the
 #: small presets 128 and 256 rows both beat every baseline at every bpw (bench/results/quant_table_*_output_rows.json).
-DEFAULT_OUTPUT_ROWS = 256
+DEFAULT_OUTPUT_ROWS = 128
 
 
 def default_noise(method: str, stage2: str) -> str:

@@ -13,8 +13,8 @@ from gguf.constants import GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
 from actquant_core import native
-from actquant_core.quant.gptq import (GptqConfig, GptqError, GramAccumulator, GramStats, gptq_eligible, gptq_quantize,
-                                      gptq_tensors, hessian_from_gram)
+from actquant_core.quant.gptq import (GptqConfig, GptqError, GramAccumulator, GramStats, gptq_eligible, gptq_factor,
+                                      gptq_quantize, gptq_tensors, hessian_from_gram)
 
 # GPTQ's output error ||X W^T - X Ŵ^T|| must be at most this fraction of the better of RTN / imatrix on
 # inputs with a shared low-rank component, 4 blocks per row (measured ~0.2 for Q4_K and Q3_K at this size)
@@ -115,6 +115,27 @@ def test_gram_accumulator_streams_xtx():
         acc.add_batch("w", bad)
     with pytest.raises(ValueError, match="column count changed from 16 to 8"):
         acc.add_batch("w", xs[0][..., :8])
+
+
+def test_hessian_factor_is_reused_across_types_bit_exactly():
+    """gptq_tensors(factors=...): the Hessian is factored once per tensor and the cached factor gives the same
+    bytes at every type as factoring it each time; a factor of another width is refused by name."""
+    W, X = _layer(seed=3, rows=8, cols=512)
+    g = {"w": GramStats(gram=X.T @ X, n=X.shape[0])}
+    imp = {"w": np.square(X).mean(0).astype(np.float32)}
+    cfg = GptqConfig()
+    factors: dict = {}
+    for t in ("Q2_K", "IQ3_S", "Q4_K"):
+        fresh, st = gptq_tensors({"w": W}, {"w": t}, g, imp, cfg, _q, native.dequantize)
+        cached, st2 = gptq_tensors({"w": W}, {"w": t}, g, imp, cfg, _q, native.dequantize, factors=factors)
+        assert st == st2 == {"w": "gptq"} and cached["w"] == fresh["w"], t
+    assert set(factors) == {"w"} and tuple(factors["w"].U.shape) == (512, 512)
+    f = gptq_factor(hessian_from_gram(g["w"]), cfg, "w")
+    torch.testing.assert_close(f.U, factors["w"].U, rtol=0, atol=0)
+    with pytest.raises(GptqError, match="w: factor shape \\(512, 512\\) does not match 256 weight columns"):
+        gptq_quantize(W[:, :256], "Q4_K", None, factor=f, quantize=_q, name="w")
+    with pytest.raises(GptqError, match="Hessian must be square"):
+        gptq_factor(np.ones((4, 3)))
 
 
 def test_bad_input_is_a_clear_error_or_a_logged_fallback(caplog):
