@@ -42,5 +42,5 @@ def test_quantizer_digest_follows_the_cli_defaults(monkeypatch):
     monkeypatch.setattr(P, "default_noise", lambda method, stage2: "bits")
     assert quantizer_digest("actquant") != d0
     monkeypatch.undo()
-    monkeypatch.setattr(P, "DEFAULT_OUTPUT_ROWS", 128)
+    monkeypatch.setattr(P, "DEFAULT_OUTPUT_ROWS", P.DEFAULT_OUTPUT_ROWS + 1)
     assert quantizer_digest("actquant") != d0
