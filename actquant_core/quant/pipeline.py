@@ -1038,6 +1038,8 @@ def quantize_policy(
     the_plan = given if given is not None else build_plan(adapter, cfg, calibration, weights, cfg.n_threads,
                                                           noise_fn=noise_fn)
     seconds["plan"] = time.perf_counter() - t0
+    if noise_fn is not None:
+        seconds["output_pricing"] = noise_fn.seconds  # part of "plan": noise "output"'s search per type
 
     # ---- stage 2: Fisher of the tensors the plan quantizes with Fisher importance
     fisher_names = [e.name for e in the_plan.entries if e.importance == "fisher"]

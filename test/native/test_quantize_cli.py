@@ -205,7 +205,8 @@ def test_output_noise_prices_each_type_at_the_written_error(workdir, capsys):
     out3 = root / "outnoise-fast.gguf"
     assert _quantize(ckpt, data, out3, "--bpw", "3.5", "--noise", "output", "--output-noise-candidates", "fast",
                      "--output-noise-rows", "8", "--menu", menu, "--no-report") == 0
-    capsys.readouterr()
+    secs = json.loads(capsys.readouterr().out)["seconds"]
+    assert 0.0 < secs["output_pricing"] <= secs["plan"]
     plan3 = QuantPlan.load(root / "outnoise-fast.plan.yaml")
     assert plan3.meta["noise"] == "output" and plan3.meta["stage2"] == "best" and plan3.bpw_backbone <= 3.5 + 1e-9
     assert plan3.meta["output_candidates"] == "fast" and plan3.meta["output_rows"] == 8
