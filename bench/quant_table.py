@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     from actquant_core.quant.importance import weighted_error_fn
     from actquant_core.quant.pipeline import (
         apply_plan, build_plan, compare_actions, export_reference, load_policy, measured_noise_fn,
-        needed_statistics, output_noise_fn, runtime_actions)
+        needed_statistics, output_noise_for, runtime_actions)
     from actquant_core import constants as C
     from actquant_core import native
 
@@ -218,18 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     error_fn = weighted_error_fn(weights, cal.activation_importance,
                                  lambda W, t, imp: native.quantize(W, t, imp, n_threads=n_threads), native.dequantize)
     noise_fn = measured_noise_fn(weights, fisher, n_threads)  # cached (tensor, type) errors shared by the budgets
-    out_noise = output_noise_fn(weights, cal, gptq_cfg, n_threads) if cal.gram else None  # likewise, noise "output"
-    out_fast = output_noise_fn(weights, cal, gptq_cfg, n_threads, price_gptq=False) if cal.gram else None
-    out_sampled: dict = {}  # (output_rows, output_gptq, output_intra) -> OutputNoise, shared by the budgets
+    out_noises: dict = {}  # likewise, noise "output": one OutputNoise per pricing setting, shared by the budgets
 
     def output_noise(pc):
-        if pc.output_rows is None and pc.output_intra:
-            return out_noise if pc.output_gptq else out_fast
-        key = (pc.output_rows, pc.output_gptq, pc.output_intra)
-        if key not in out_sampled:
-            out_sampled[key] = output_noise_fn(weights, cal, gptq_cfg, n_threads, pc.output_gptq, pc.output_rows, pc.seed,
-                                               pc.output_intra)
-        return out_sampled[key]
+        key = (pc.gptq, pc.output_gptq, pc.output_rows, pc.seed, pc.output_intra)
+        if key not in out_noises:
+            out_noises[key] = output_noise_for(pc, weights, cal, n_threads)
+        return out_noises[key]
 
     ref = export_reference(adapter, args.work / "reference-f32.gguf")
     A_ref, pre = runtime_actions(ref, eval_frames, seed=args.seed, n_threads=n_threads)
@@ -257,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
             plan_s = time.perf_counter() - t0
             out = args.work / f"{label.replace('/', '-')}-{bpw}.gguf"
             res = apply_plan(adapter, plan, weights, cal, out, pc, source=ckpt,
-                             stage2_cache=out_noise.best if out_noise is not None and pc.gptq == gptq_cfg else None)
+                             # stage 2 reuses the winners the unsampled, full-candidate pricing already found
+                             stage2_cache=output_noise(replace(pc, output_gptq=True, output_rows=None,
+                                                               output_intra=True)).best if cal.gram else None)
             A_q, _ = runtime_actions(out, eval_frames, seed=args.seed, n_threads=n_threads)
             err = compare_actions(A_q, A_ref, pre, adapter.action_dims)
             if pc.noise == "output" and cal.gram:  # cumulative over this variant's budgets so far (cached after)

@@ -418,13 +418,11 @@ def gptq_tensors(
         try:
             if name not in grams:
                 raise GptqError(f"{name}: no Gram statistics were collected")
-            factor = None
+            factor = (factors or {}).get(name) or gptq_factor(hessian_from_gram(grams[name]), config, name)
             if factors is not None:
-                if name not in factors:
-                    factors[name] = gptq_factor(hessian_from_gram(grams[name]), config, name)
-                factor = factors[name]
-            res = gptq_quantize(W, t, None if factor is not None else hessian_from_gram(grams[name]), imp,
-                                config=config, quantize=quantize, dequantize=dequantize, name=name, factor=factor)
+                factors[name] = factor
+            res = gptq_quantize(W, t, None, imp, config=config, quantize=quantize, dequantize=dequantize, name=name,
+                                factor=factor)
             out[name], status[name] = res.data, "gptq"
         except GptqError as e:
             log.warning("GPTQ fallback to imatrix quantization: %s", e)

@@ -689,6 +689,14 @@ def output_noise_fn(weights: Mapping[str, np.ndarray], calibration: CalibrationR
     return OutputNoise(weights, calibration, gptq_cfg, ggml, price_gptq, sample_rows, seed, price_intra)
 
 
+def output_noise_for(cfg: PipelineConfig, weights: Mapping[str, np.ndarray], calibration: CalibrationResult,
+                     n_threads: int | None = None) -> OutputNoise:
+    """:func:`output_noise_fn` with ``cfg``'s GPTQ settings and noise-"output" options (candidates, row sample and
+    its seed, in-block recursion)."""
+    return output_noise_fn(weights, calibration, cfg.gptq, n_threads, cfg.output_gptq, cfg.output_rows, cfg.seed,
+                           cfg.output_intra)
+
+
 def best_stage2(plan: QuantPlan, weights: Mapping[str, np.ndarray], quantized: dict[str, tuple[str, bytes]],
                 calibration: CalibrationResult, gptq_cfg, ggml,
                 cache: Mapping[tuple[str, str], tuple[str, bytes, dict[str, float]]] | None = None,
@@ -791,8 +799,7 @@ def build_plan(
         if calibration is None:
             raise ValueError("noise 'output' needs the layer Grams; calibration has none")
         w = weights if weights is not None else adapter.canonical_weights()
-        noise_fn = output_noise_fn(w, calibration, cfg.gptq, n_threads, cfg.output_gptq, cfg.output_rows, cfg.seed,
-                                   cfg.output_intra)
+        noise_fn = output_noise_for(cfg, w, calibration, n_threads)
     if cfg.noise == "bits":
         noise_fn = None
     if m == "actquant":
@@ -1032,9 +1039,7 @@ def quantize_policy(
         seconds["fisher"] = secs
     t0 = time.perf_counter()
     weights = adapter.canonical_weights()
-    noise_fn = (output_noise_fn(weights, calibration, cfg.gptq, cfg.n_threads, cfg.output_gptq, cfg.output_rows, cfg.seed,
-                                cfg.output_intra)
-                if given is None and cfg.noise == "output" else None)
+    noise_fn = output_noise_for(cfg, weights, calibration, cfg.n_threads) if given is None and cfg.noise == "output" else None
     the_plan = given if given is not None else build_plan(adapter, cfg, calibration, weights, cfg.n_threads,
                                                           noise_fn=noise_fn)
     seconds["plan"] = time.perf_counter() - t0
