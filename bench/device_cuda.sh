@@ -60,11 +60,16 @@ case "${1:-}" in
     # `wait` collects it. ARGS: extra actquant_pipeline.py arguments (e.g. "--stage2 best").
     # the pipeline uses GGML's CPU quantizers only (torch does the GPU work): any build of the module serves
     ls actquant_core/_native*312*.so >/dev/null 2>&1 || cpu_build || exit 1
-    mkdir -p .devrun/pipe; rm -f .devrun/pipe/*
-    setsid nohup python3 bench/actquant_pipeline.py --preset pi05 --frames ${FRAMES:-256} --device cuda --threads 16 \
-      ${ARGS:-} --out .devrun/pipe/actquant_pipeline_real_cuda.json > .devrun/pipe/log 2>&1 < /dev/null &
+    # It runs from a copy of the tree (/tmp/pipetree), so a CUDA build may replace this tree's module meanwhile
+    # (on a machine of two GPUs: CUDA_VISIBLE_DEVICES=0 for the pipeline, 1 for build/gpu-tests/latency).
+    mkdir -p .devrun/pipe /tmp/pipetree; rm -f .devrun/pipe/*; repo=$PWD
+    tar --exclude=./.devrun --exclude=./.git --exclude=./.carry -cf - . | tar -xf - -C /tmp/pipetree
+    (cd /tmp/pipetree && PYTHONPATH=/tmp/pipetree:/tmp/pylib setsid nohup python3 bench/actquant_pipeline.py \
+      --preset pi05 --frames ${FRAMES:-256} --device cuda --threads ${PIPE_THREADS:-16} ${ARGS:-} \
+      --out "$repo/.devrun/pipe/actquant_pipeline_real_cuda.json" > "$repo/.devrun/pipe/log" 2>&1 < /dev/null &)
     sleep ${WAIT_S:-5}; grep -v -i "warn\|eligib" .devrun/pipe/log | tail -5 ;;
   wait)
+    # CUDA_VISIBLE_DEVICES as the pipeline's: nvidia-smi names the card it ran on
     end=$(( $(date +%s) + ${LIMIT_S:-540} ))
     while [ ! -f .devrun/pipe/actquant_pipeline_real_cuda.json ] && [ $(date +%s) -lt $end ] \
       && pgrep -f actquant_pipeline.py >/dev/null; do sleep 5; done

@@ -108,6 +108,9 @@ def main() -> int:
     ap.add_argument("--torch-dtypes", default="float32,bfloat16",
                     help="torch reference dtypes; the speed-up is against the first")
     ap.add_argument("--torch-device", default=None, help="torch reference device (default: cuda with --device cuda, else cpu)")
+    ap.add_argument("--flash", default="",
+                    help="ACTQUANT_FLASH_ATTN settings to run each type under, e.g. gpu,0 (rows of 0 are keyed "
+                         "<type>@noflash, of all <type>@flashall); default: the environment's")
     ap.add_argument("--kernel-profile", action="store_true",
                     help="CUDA: after timing, record one chunk's GPU kernels with torch.profiler (CUPTI sees every "
                          "kernel of the process, GGML's included) and save the kernel count, GPU time and the top kernels")
@@ -142,10 +145,13 @@ def main() -> int:
             export_tensors(path, "pi05", cfg.to_dict(), tensors, default_type_for(t.upper()),
                            tokenizer_model=tok.model_bytes, n_threads=args.threads)
             write_s = time.perf_counter() - t0
-            for mode in [m for m in args.repack.split(",") if m]:
+            flash_modes = [f for f in args.flash.split(",") if f] or [None]
+            for mode, flash in [(m, f) for m in args.repack.split(",") if m for f in flash_modes]:
                 if mode not in ("on", "off"):
                     raise SystemExit(f"--repack: expected on/off, got {mode!r}")
-                key = t if mode == "on" else f"{t}@mapped"
+                if flash is not None:
+                    os.environ["ACTQUANT_FLASH_ATTN"] = flash  # read when the runtime builds its graph
+                key = (t if mode == "on" else f"{t}@mapped") + {"0": "@noflash", "all": "@flashall"}.get(flash, "")
                 gc.collect()
                 rss0 = rss_mb()
                 try:
@@ -165,6 +171,7 @@ def main() -> int:
                     "file_mb": path.stat().st_size / 1e6, "write_s": write_s, "backend": rt.backend,
                     "latency_ms_p50": 1e3 * float(np.median(times)), "latency_ms_min": 1e3 * float(np.min(times)),
                     "stages_ms": chunk.timing_ms, "rss_growth_mb": rss1 - rss0,
+                    "flash_attn": os.environ.get("ACTQUANT_FLASH_ATTN", "gpu"),
                 }
                 print(f"native {key:12s} {r['file_mb']:8.1f} MB  {r['latency_ms_p50']:9.1f} ms/chunk"
                       f"  (+{rss1 - rss0:.0f} MB RSS, {rt.backend})", flush=True)

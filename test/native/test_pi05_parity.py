@@ -329,3 +329,52 @@ def test_qkv_read_as_one_stacked_matrix_where_the_file_allows(tiny, tmp_path):
     assert packed.fused_weights == []
     assert "lm.blk.0.attn_qkv.weight" in mapped.fused_weights
     assert _rel(a_mapped, a_packed) < TOL_QUANT
+
+
+# The fused attention node (GGML_OP_FLASH_ATTN_EXT, F32 precision) against the explicit matmul / softmax / matmul
+# form, same weights and inputs: both are f32 on the CPU; measured ~1e-7 relative on pi05-small.
+TOL_FLASH_VS_EXPLICIT_CPU = 1e-5
+
+
+@pytest.fixture(scope="module")
+def small_f32(tmp_path_factory):
+    cfg = get_preset("pi05-small")  # head sizes 64 (vision) and 128 (Gemma): sizes the CUDA fused kernel takes
+    model = Pi05Model(cfg).init_random(2).eval()
+    path = tmp_path_factory.mktemp("pi05s") / "small-f32.gguf"
+    export_pi05(model, path, type_for=default_type_for("F32"), tokenizer_model=SentencePieceTokenizer.small().model_bytes)
+    return cfg, path
+
+
+def _actions_with_flash(monkeypatch, path, cfg, mode, device="cpu"):
+    monkeypatch.setenv("ACTQUANT_FLASH_ATTN", mode)  # read when the graph is built
+    rt = Pi05Runtime(path, n_threads=2, device=device)
+    inp, noise = _inputs(rt, cfg, drop_slot=False)
+    return rt.infer_model_inputs(inp, noise)[0]
+
+
+def test_flash_attention_matches_explicit_form(small_f32, monkeypatch):
+    """ACTQUANT_FLASH_ATTN=all runs the fused attention node on the CPU too: the same actions as the explicit form
+    (and not bit-identical ones, so the fused node really ran)."""
+    cfg, path = small_f32
+    explicit = _actions_with_flash(monkeypatch, path, cfg, "0")
+    fused = _actions_with_flash(monkeypatch, path, cfg, "all")
+    assert _rel(fused, explicit) < TOL_FLASH_VS_EXPLICIT_CPU
+    assert not np.array_equal(fused, explicit)
+    np.testing.assert_array_equal(_actions_with_flash(monkeypatch, path, cfg, "gpu"), explicit)  # CPU default
+    monkeypatch.setenv("ACTQUANT_FLASH_ATTN", "yes")
+    rt = Pi05Runtime(path, n_threads=2)
+    inp, noise = _inputs(rt, cfg)
+    with pytest.raises(Exception, match="ACTQUANT_FLASH_ATTN must be gpu, 0 or all, got 'yes'"):
+        rt.infer_model_inputs(inp, noise)
+
+
+@pytest.mark.gpu
+def test_cuda_flash_attention_matches_cpu(small_f32, monkeypatch):
+    """pi05-small (head sizes the CUDA fused kernel supports) on the GPU with the fused attention (the default
+    there) and with the explicit form: both match the CPU run."""
+    if not native.has_cuda() or native.native_module().cuda_device_count() < 1:
+        pytest.skip("this build has no CUDA backend or no CUDA device is present")
+    cfg, path = small_f32
+    cpu = _actions_with_flash(monkeypatch, path, cfg, "0")
+    for mode in ("gpu", "0"):
+        assert _rel(_actions_with_flash(monkeypatch, path, cfg, mode, device="cuda"), cpu) < TOL_CUDA_F32, mode

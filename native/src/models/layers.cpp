@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 namespace actquant {
@@ -67,9 +68,26 @@ ggml_tensor * layer_ffn_geglu(ggml_context * ctx, GgufModel & m, const std::stri
     return layer_geglu_tanh(ctx, ggml_mul_mat(ctx, m.get(gate), x), ggml_mul_mat(ctx, m.get(up), x), native);
 }
 
+ggml_backend_t layer_flash_backend(ggml_backend_t primary, bool gpu) {
+    const char * e = std::getenv("ACTQUANT_FLASH_ATTN");
+    const std::string mode = e == nullptr || *e == '\0' ? "gpu" : e;
+    if (mode == "gpu") return gpu ? primary : nullptr;
+    if (mode == "0") return nullptr;
+    if (mode == "all") return primary;
+    throw Error("ACTQUANT_FLASH_ATTN must be gpu, 0 or all, got '" + mode + "'");
+}
+
 ggml_tensor * layer_attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v,
-                              ggml_tensor * mask, float scale) {
+                              ggml_tensor * mask, float scale, ggml_backend_t flash) {
     const int64_t hd = q->ne[0], N = q->ne[1], Lq = q->ne[2], B = q->ne[3];
+    if (flash != nullptr && mask == nullptr) {
+        // q [hd, Lq, N, B], k / v [hd, Lk, K, B] (v not transposed) -> [hd, N, Lq, B], contiguous
+        ggml_tensor * fa = ggml_flash_attn_ext(ctx, ggml_permute(ctx, q, 0, 2, 1, 3), ggml_permute(ctx, k, 0, 2, 1, 3),
+                                               ggml_permute(ctx, v, 0, 2, 1, 3), nullptr, scale, 0.0f, 0.0f);
+        ggml_flash_attn_ext_set_prec(fa, GGML_PREC_F32);
+        // an unsupported node would be scheduled on the CPU (a copy of K/V each way): keep the explicit form then
+        if (ggml_backend_supports_op(flash, fa)) return ggml_reshape_3d(ctx, fa, hd * N, Lq, B);
+    }
     ggml_tensor * qp = ggml_permute(ctx, q, 0, 2, 1, 3);  // [hd, Lq, N, B]
     ggml_tensor * kp = ggml_permute(ctx, k, 0, 2, 1, 3);  // [hd, Lk, K, B]
     ggml_tensor * kq = ggml_mul_mat(ctx, kp, qp);         // [Lk, Lq, N, B]

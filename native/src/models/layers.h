@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ggml.h"
+#include "ggml-backend.h"
 
 namespace actquant {
 
@@ -53,8 +54,16 @@ ggml_tensor * layer_ffn_geglu(ggml_context * ctx, GgufModel & m, const std::stri
 //   q: [hd, N, Lq, B], k: [hd, K, Lk, B], v: [hd, K, Lk, B] (N % K == 0; query head n uses kv head n / (N/K))
 //   mask: [Lk, Lq] f32 added to the scaled logits (0 or a large negative finite value), or null.
 // Returns [hd*N, Lq, B].
+// flash: a backend (the GPU's) on which to run it as one GGML_OP_FLASH_ATTN_EXT node (F32 precision) when that
+// backend supports the node (head size, types) and there is no mask; otherwise, or with null, the explicit
+// matmul / softmax / matmul form.  layer_flash_backend() gives the backend to pass.
 ggml_tensor * layer_attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * v,
-                              ggml_tensor * mask, float scale);
+                              ggml_tensor * mask, float scale, ggml_backend_t flash = nullptr);
+
+// The backend for layer_attention's fused form, from the environment's ACTQUANT_FLASH_ATTN: unset or "gpu" (the
+// default): primary on a GPU backend, else null; "0": null everywhere (the explicit form, for A/B runs); "all":
+// primary on every backend (the CPU's fused kernel too; parity checks of the fused form without a GPU).
+ggml_backend_t layer_flash_backend(ggml_backend_t primary, bool gpu);
 
 // Names t (printf-style) and marks it as a graph output when keep is true, so it survives allocation
 // and can be read back for parity dumps.

@@ -36,9 +36,9 @@ struct vit_desc {
 };
 
 // patches: [3*p*p, P, I]; film_cond: [lm_width, 1] or null. Returns features [width, P, I].
-// gpu: single-node GELU (layer_gelu_tanh's native form).
+// gpu: single-node GELU (layer_gelu_tanh's native form); fa: layer_attention's fused-attention backend or null.
 ggml_tensor * vit_features(ggml_context * ctx, const GgufModel & m, const vit_desc & d, ggml_tensor * patches,
-                           ggml_tensor * film_cond, float eps, bool gpu) {
+                           ggml_tensor * film_cond, float eps, bool gpu, ggml_backend_t fa) {
     const std::string pre = d.prefix;
     const int64_t P = patches->ne[1], I = patches->ne[2];
     const int hd = d.width / d.heads;
@@ -68,7 +68,7 @@ ggml_tensor * vit_features(ggml_context * ctx, const GgufModel & m, const vit_de
             return ggml_cont(ctx, ggml_view_4d(ctx, qkv, hd, d.heads, T, I, hd * es, qkv->nb[1], qkv->nb[2],
                                                (size_t) j * d.width * es));
         };
-        ggml_tensor * a = layer_attention(ctx, part(0), part(1), part(2), nullptr, scale);  // [w, T, I]
+        ggml_tensor * a = layer_attention(ctx, part(0), part(1), part(2), nullptr, scale, fa);  // [w, T, I]
         ggml_tensor * y = layer_linear(ctx, W("attn_out.weight"), W("attn_out.bias"), a);
         if (d.layerscale) y = ggml_mul(ctx, y, W("ls1.weight"));
         x = ggml_add(ctx, x, y);
@@ -279,8 +279,9 @@ oft_outputs OftRuntime::infer(const oft_inputs & in, const std::vector<std::stri
 
         const vit_desc dd{"vd", h.d_width, h.d_depth, h.d_heads, h.d_mlp, h.d_registers, true, true, false};
         const vit_desc sd{"vs", h.s_width, h.s_depth, h.s_heads, h.s_mlp, 0, false, false, h.siglip_gelu_tanh};
-        ggml_tensor * fd = vit_features(ctx, m, dd, in_pd, film, h.vit_ln_eps, backend_->is_gpu());  // [dw, P, I]
-        ggml_tensor * fs = vit_features(ctx, m, sd, in_ps, film, h.vit_ln_eps, backend_->is_gpu());  // [sw, P, I]
+        ggml_backend_t fa = layer_flash_backend(backend_->primary(), backend_->is_gpu());
+        ggml_tensor * fd = vit_features(ctx, m, dd, in_pd, film, h.vit_ln_eps, backend_->is_gpu(), fa);  // [dw, P, I]
+        ggml_tensor * fs = vit_features(ctx, m, sd, in_ps, film, h.vit_ln_eps, backend_->is_gpu(), fa);  // [sw, P, I]
         for (int im = 0; im < I; ++im) {
             char n[64];
             std::snprintf(n, sizeof(n), "dino_feat.%d", im);
@@ -315,7 +316,7 @@ oft_outputs OftRuntime::infer(const oft_inputs & in, const std::vector<std::stri
             auto [q, k, v] = layer_qkv(ctx, *model_, blk("lm", i, ""), hN, hd, h.n_heads, h.n_kv_heads);
             q = ggml_rope_ext(ctx, q, in_pos, nullptr, hd, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
             k = ggml_rope_ext(ctx, k, in_pos, nullptr, hd, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
-            ggml_tensor * a = layer_attention(ctx, q, k, v, nullptr, attn_scale);
+            ggml_tensor * a = layer_attention(ctx, q, k, v, nullptr, attn_scale, fa);
             x = ggml_add(ctx, x, ggml_mul_mat(ctx, W("attn_output.weight"), a));
             hN = layer_rms_norm(ctx, x, W("ffn_norm.weight"), h.rms_eps);
             hN = ggml_mul(ctx, ggml_silu(ctx, ggml_mul_mat(ctx, W("ffn_gate.weight"), hN)), ggml_mul_mat(ctx, W("ffn_up.weight"), hN));

@@ -211,6 +211,7 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
         ggml_tensor * in_noise = fresh->in_noise = G.input("noise", {A, H});
         ggml_tensor * in_temb = fresh->in_temb = G.input("time_emb", {h.ex_width, h.num_steps});
         const bool gpu = backend_->is_gpu();  // single-node GELU / GeGLU where the backend computes them in f32
+        ggml_backend_t fa = layer_flash_backend(backend_->primary(), gpu);  // fused attention on the GPU
 
         // Vision: the valid cameras as one batch. x [v_width, P, Cv].
         ggml_tensor * x = layer_linear(ctx, m.get("v.patch_embd.weight"), m.get("v.patch_embd.bias"), in_patches);
@@ -221,7 +222,7 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
             ggml_tensor * q = ggml_reshape_4d(ctx, layer_linear(ctx, W("attn_q.weight"), W("attn_q.bias"), hN), vhd, h.v_heads, P, Cv);
             ggml_tensor * k = ggml_reshape_4d(ctx, layer_linear(ctx, W("attn_k.weight"), W("attn_k.bias"), hN), vhd, h.v_heads, P, Cv);
             ggml_tensor * v = ggml_reshape_4d(ctx, layer_linear(ctx, W("attn_v.weight"), W("attn_v.bias"), hN), vhd, h.v_heads, P, Cv);
-            ggml_tensor * a = layer_attention(ctx, q, k, v, nullptr, 1.0f / std::sqrt((float) vhd));
+            ggml_tensor * a = layer_attention(ctx, q, k, v, nullptr, 1.0f / std::sqrt((float) vhd), fa);
             x = ggml_add(ctx, x, layer_linear(ctx, W("attn_out.weight"), W("attn_out.bias"), a));
             hN = layer_norm(ctx, x, W("ln2.weight"), W("ln2.bias"), h.v_ln_eps);
             hN = layer_gelu_tanh(ctx, layer_linear(ctx, W("ffn_up.weight"), W("ffn_up.bias"), hN), gpu);
@@ -253,7 +254,7 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
             kc[i] = layer_name(ctx, gf, k, keep(fmt_name("prefix_k.%d", i)), "prefix_k.%d", i);
             vc[i] = layer_name(ctx, gf, v, keep(fmt_name("prefix_v.%d", i)), "prefix_v.%d", i);
             if (i == h.depth - 1) break;
-            ggml_tensor * a = layer_attention(ctx, q, k, v, nullptr, attn_scale);
+            ggml_tensor * a = layer_attention(ctx, q, k, v, nullptr, attn_scale, fa);
             xp = ggml_add(ctx, xp, ggml_mul_mat(ctx, W("attn_output.weight"), a));
             hN = layer_rms_norm(ctx, xp, W("ffn_norm.weight"), h.rms_eps);
             hN = layer_ffn_geglu(ctx, *model_, fmt_name("lm.blk.%d.", i), hN, gpu);
@@ -309,7 +310,7 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
                 k = ggml_rope_ext(ctx, k, in_pos_suffix, nullptr, h.head_dim, GGML_ROPE_TYPE_NEOX, 0, h.rope_theta, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
                 ggml_tensor * ka = ggml_concat(ctx, kc[i], k, 2);
                 ggml_tensor * va = ggml_concat(ctx, vc[i], v, 2);
-                ggml_tensor * a = layer_attention(ctx, q, ka, va, nullptr, attn_scale);
+                ggml_tensor * a = layer_attention(ctx, q, ka, va, nullptr, attn_scale, fa);
                 xs = ggml_add(ctx, xs, ggml_mul(ctx, ggml_mul_mat(ctx, W("attn_output.weight"), a), gate));
                 hN = ada(E + "ffn_norm_ada", s, xs, &gate);
                 hN = layer_ffn_geglu(ctx, *model_, E, hN, gpu);
