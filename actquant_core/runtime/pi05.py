@@ -60,6 +60,11 @@ class Pi05Runtime(NativeHandle):
         self._rng = np.random.default_rng(seed)
         log.info("pi05 runtime: %s on %s (%.1f MB)", self.path, self._rt.backend, self.file_size / 1e6)
 
+    def graph_stats(self) -> dict[str, int]:
+        """Op counts of the native graph kept between calls (``nodes``, per op, ``rms_norm_mul_add``: the adaRMS
+        sequences the CUDA backend fuses); empty until a call without intermediates has built it."""
+        return dict(self._rt.graph_stats())
+
     def reseed(self, seed: int | np.random.SeedSequence) -> None:
         """Restart the noise stream (the flow-matching start noise of every later call) from ``seed``."""
         self._rng = np.random.default_rng(seed)

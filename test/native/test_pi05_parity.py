@@ -378,3 +378,18 @@ def test_cuda_flash_attention_matches_cpu(small_f32, monkeypatch):
     cpu = _actions_with_flash(monkeypatch, path, cfg, "0")
     for mode in ("gpu", "0"):
         assert _rel(_actions_with_flash(monkeypatch, path, cfg, mode, device="cuda"), cpu) < TOL_CUDA_F32, mode
+
+
+def test_graph_lines_up_every_adarms_for_fusion(tiny):
+    """Every adaRMS (two per expert layer and step, one final per step) is RMS_NORM, MUL, ADD at consecutive
+    graph nodes, the sequence GGML's CUDA backend runs as one kernel (its scale / shift views are placed before
+    it; placed by the traversal they sat between the three, and none fused: 0 of them before the fix)."""
+    cfg, _, path = tiny
+    rt = Pi05Runtime(path, n_threads=2)
+    assert rt.graph_stats() == {}
+    inp, noise = _inputs(rt, cfg)
+    rt.infer_model_inputs(inp, noise)
+    st = rt.graph_stats()
+    n_ada = cfg.num_steps * (2 * cfg.expert_depth + 1)
+    assert st["rms_norm_mul_add"] == n_ada
+    assert st["RMS_NORM"] >= n_ada and st["nodes"] > st["RMS_NORM"]

@@ -99,6 +99,27 @@ ggml_tensor * layer_attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor *
     return ggml_cont_3d(ctx, out, hd * N, Lq, B);
 }
 
+std::map<std::string, int64_t> layer_graph_stats(const ggml_cgraph * gf) {
+    std::map<std::string, int64_t> st;
+    ggml_cgraph * g = const_cast<ggml_cgraph *>(gf);  // the accessors take a non-const graph; nothing is changed
+    const int n = ggml_graph_n_nodes(g);
+    auto uses = [](const ggml_tensor * t, const ggml_tensor * src) { return t->src[0] == src || t->src[1] == src; };
+    for (int i = 0; i < n; ++i) {
+        const ggml_tensor * t = ggml_graph_node(g, i);
+        const bool view = t->op == GGML_OP_VIEW || t->op == GGML_OP_RESHAPE || t->op == GGML_OP_PERMUTE ||
+                          t->op == GGML_OP_TRANSPOSE || t->op == GGML_OP_NONE;
+        if (view) continue;
+        st["nodes"] += 1;
+        st[ggml_op_desc(t)] += 1;
+        if (t->op == GGML_OP_RMS_NORM && i + 2 < n) {
+            const ggml_tensor * m = ggml_graph_node(g, i + 1), * a = ggml_graph_node(g, i + 2);
+            if (m->op == GGML_OP_MUL && uses(m, t) && a->op == GGML_OP_ADD && uses(a, m)) st["rms_norm_mul_add"] += 1;
+        }
+    }
+    st.emplace("rms_norm_mul_add", 0);
+    return st;
+}
+
 ggml_tensor * layer_name(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * t, bool keep, const char * fmt, ...) {
     char buf[GGML_MAX_NAME];
     va_list ap;

@@ -65,6 +65,12 @@ ggml_tensor * layer_attention(ggml_context * ctx, ggml_tensor * q, ggml_tensor *
 // primary on every backend (the CPU's fused kernel too; parity checks of the fused form without a GPU).
 ggml_backend_t layer_flash_backend(ggml_backend_t primary, bool gpu);
 
+// Op counts of a built graph, for checking what the backend can fuse: "nodes" (compute nodes, views excluded),
+// one entry per op name (ggml_op_desc), and "rms_norm_mul_add": RMS_NORM, MUL, ADD at consecutive node indices,
+// each consuming the one before (the sequence GGML's CUDA backend runs as one kernel; a view node between them,
+// e.g. of the scale, breaks it).
+std::map<std::string, int64_t> layer_graph_stats(const ggml_cgraph * gf);
+
 // Names t (printf-style) and marks it as a graph output when keep is true, so it survives allocation
 // and can be read back for parity dumps.
 ggml_tensor * layer_name(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * t, bool keep, const char * fmt, ...);

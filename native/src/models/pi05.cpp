@@ -290,6 +290,10 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
             ggml_tensor * scale = ggml_view_1d(ctx, mod1, h.ex_width, col);
             ggml_tensor * shift = ggml_view_1d(ctx, mod, h.ex_width, col + es * h.ex_width);
             if (gate) *gate = ggml_view_1d(ctx, mod, h.ex_width, col + 2 * es * h.ex_width);
+            // The views enter the graph first: added by the traversal of mul / add, a view node would sit between
+            // rms_norm, mul and add, and the CUDA backend fuses the three only at consecutive node indices.
+            ggml_build_forward_expand(gf, scale);
+            ggml_build_forward_expand(gf, shift);
             return ggml_add(ctx, ggml_mul(ctx, ggml_rms_norm(ctx, xin, h.rms_eps), scale), shift);
         };
         ggml_tensor * xt = in_noise;  // [A, H]
@@ -362,6 +366,10 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
     out.timing_ms["compute"] = compute_ms;
     out.timing_ms["total"] = ms_since(t_total);
     return out;
+}
+
+std::map<std::string, int64_t> Pi05Runtime::graph_stats() const {
+    return cache_ ? layer_graph_stats(cache_->G.graph()) : std::map<std::string, int64_t>{};
 }
 
 }  // namespace actquant

@@ -58,6 +58,8 @@ public:
 
     // collect: names of intermediates to return (empty = none). Throws Error for bad inputs.
     pi05_outputs infer(const pi05_inputs & in, const std::vector<std::string> & collect);
+    // layer_graph_stats of the cached graph (built by a call without intermediates); empty before one.
+    std::map<std::string, int64_t> graph_stats() const;
 
 private:
     pi05_hparams hp_;

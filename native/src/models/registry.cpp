@@ -183,6 +183,8 @@ void register_models(py::module_ & m) {
         .def_property_readonly("weights_nbytes", [](const Pi05Runtime & r) { return r.model().weights_nbytes(); })
         .def_property_readonly("fused_weights", [](const Pi05Runtime & r) { return r.model().fused_names(); })
         .def_property_readonly("host_resident", [](const Pi05Runtime & r) { return r.model().host_resident(); })
+        .def("graph_stats", &Pi05Runtime::graph_stats,
+             "op counts of the cached graph (after a call without intermediates; empty before)")
         .def(
             "infer",
             [](Pi05Runtime & self, py::array_t<float, py::array::c_style | py::array::forcecast> images,
