@@ -26,8 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from actquant_core import constants as C
-from actquant_core.quant.types import (DEFAULT_OUTPUT_ROWS, DEFAULT_SCORE_FLOOR, STAGE2_MODES, default_menu,
-                                      default_noise, default_stage2)
+from actquant_core.quant.types import DEFAULT_OUTPUT_ROWS, DEFAULT_SCORE_FLOOR, STAGE2_MODES, product_defaults
 
 log = logging.getLogger("actquant.cli")
 
@@ -191,19 +190,17 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from actquant_core.quant.hsic import HsicConfig
     from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
 
-    menu = tuple(t.strip().upper() for t in args.menu.split(",")) if args.menu else default_menu(args.method)
     calib = CalibConfig(batch_size=args.batch_size, fisher_batches=args.fisher_batches, pooling=args.pooling,
                         seed=args.seed, device=args.device, progress=not args.no_progress, targets=args.targets,
                         hsic=HsicConfig(estimator=args.hsic_estimator, project_dim=args.hsic_project_dim,
                                         device=args.device))
-    stage2 = args.stage2 or default_stage2(args.method, args.compensate)
-    cfg = PipelineConfig(method=args.method, bpw=args.bpw, scope=args.scope, menu=menu, vision_type=args.vision_type,
+    product = product_defaults(args.method, args.compensate, stage2=args.stage2, noise=args.noise,
+                               menu=[t.strip().upper() for t in args.menu.split(",")] if args.menu else None,
+                               output_rows=args.output_noise_rows)
+    cfg = PipelineConfig(method=args.method, bpw=args.bpw, scope=args.scope, vision_type=args.vision_type,
                          solver=args.solver, refine=args.refine, inactive=args.inactive, score=args.score,
-                         score_floor=args.score_floor, noise=args.noise or default_noise(args.method, stage2),
-                         compensate=args.compensate,
-                         stage2=stage2,
+                         score_floor=args.score_floor, compensate=args.compensate, **product,
                          output_gptq=args.output_noise_candidates == "all",
-                         output_rows=args.output_noise_rows or None,
                          calib_frames=args.calib_frames,
                          split=args.split, holdout_every=args.holdout_every, seed=args.seed, calib=calib,
                          n_threads=args.threads, report=not args.no_report,

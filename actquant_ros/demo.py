@@ -74,12 +74,10 @@ def quantizer_digest(method: str) -> str:
     model and its row sample): a cached GGUF made under other defaults is not reused."""
     import hashlib
 
-    from actquant_core.quant.types import (DEFAULT_OUTPUT_ROWS, DEFAULT_SCORE_FLOOR, default_menu, default_noise,
-                                          default_stage2)
+    from actquant_core.quant.types import DEFAULT_SCORE_FLOOR, product_defaults
 
-    stage2 = default_stage2(method)
-    key = (f"{stage2}|{','.join(default_menu(method))}|{DEFAULT_SCORE_FLOOR}|{default_noise(method, stage2)}"
-           f"|{DEFAULT_OUTPUT_ROWS}")
+    d = product_defaults(method)
+    key = f"{d['stage2']}|{','.join(d['menu'])}|{DEFAULT_SCORE_FLOOR}|{d['noise']}|{d['output_rows']}"
     return hashlib.sha256(key.encode()).hexdigest()[:6]
 
 

@@ -28,8 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from actquant_core import constants as C
-from actquant_core.quant.types import (DEFAULT_OUTPUT_ROWS, DEFAULT_SCORE_FLOOR, STAGE2_MODES, default_menu,
-                                      default_noise, default_stage2)
+from actquant_core.quant.types import DEFAULT_OUTPUT_ROWS, DEFAULT_SCORE_FLOOR, STAGE2_MODES, product_defaults
 from actquant_ros.msgs import String
 from actquant_ros.transport import QOS_DEFAULT, Node, make_node
 
@@ -176,10 +175,8 @@ class QuantizerNode:
         from actquant_core.quant.gptq import GptqConfig
         from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
 
-        stage2 = cfg.stage2 or default_stage2(cfg.method)
         pc = PipelineConfig(method=cfg.method, bpw=cfg.bpw, scope=cfg.scope, refine=cfg.refine,
-                            score_floor=cfg.score_floor, stage2=stage2, menu=default_menu(cfg.method),
-                            noise=default_noise(cfg.method, stage2), output_rows=DEFAULT_OUTPUT_ROWS,
+                            score_floor=cfg.score_floor, **product_defaults(cfg.method, stage2=cfg.stage2),
                             gptq=GptqConfig(device=cfg.device if cfg.device.startswith("cuda") else "cpu"),
                             calib_frames=cfg.calib_frames, seed=cfg.seed, n_threads=cfg.threads or None,
                             report=cfg.report, calib=CalibConfig(device=cfg.device))

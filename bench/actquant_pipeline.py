@@ -80,8 +80,8 @@ def main() -> int:
     from actquant_core.policies.pi05.model import Pi05Model
     from actquant_core.quant.calibrate import CalibConfig
     from actquant_core.quant.gptq import GptqConfig
-    from actquant_core.quant.pipeline import PipelineConfig, default_stage2, quantize_policy
-    from actquant_core.quant.types import DEFAULT_OUTPUT_ROWS, default_menu, default_noise
+    from actquant_core.quant.pipeline import PipelineConfig, quantize_policy
+    from actquant_core.quant.types import product_defaults
 
     cfg = get_preset(args.preset)
     t0 = time.perf_counter()
@@ -92,14 +92,12 @@ def main() -> int:
     frames = synthetic_frames(cfg, args.frames, args.seed)
     gptq = GptqConfig(device=args.device, **({} if args.gptq_intra_group is None
                                              else {"intra_group": args.gptq_intra_group}))
-    stage2 = args.stage2 or default_stage2(args.method, args.compensate)
-    noise = args.noise or default_noise(args.method, stage2)
-    rows = DEFAULT_OUTPUT_ROWS if args.output_noise_rows is None else args.output_noise_rows
+    product = product_defaults(args.method, args.compensate, stage2=args.stage2, noise=args.noise,
+                               menu=[t.strip().upper() for t in args.menu.split(",")] if args.menu else None,
+                               output_rows=args.output_noise_rows)
+    noise, rows = product["noise"], product["output_rows"]
     pcfg = PipelineConfig(method=args.method, bpw=args.bpw, compensate=args.compensate, n_threads=args.threads,
-                          calib_frames=args.frames, stage2=stage2,
-                          noise=noise, output_gptq=args.output_noise_candidates == "all",
-                          output_rows=rows or None,
-                          menu=tuple(t.strip().upper() for t in args.menu.split(",")) if args.menu else default_menu(args.method),
+                          calib_frames=args.frames, **product, output_gptq=args.output_noise_candidates == "all",
                           score_floor=args.score_floor, gptq=gptq,
                           calib=CalibConfig(device=args.device, targets="policy", batch_size=args.batch_size,
                                             fisher_batch_size=args.fisher_batch_size, progress=False, seed=args.seed))
@@ -117,7 +115,7 @@ def main() -> int:
         "preset": args.preset, "params": int(n_params), "frames": args.frames, "method": args.method,
         "compensate": args.compensate, "stage2": pcfg.stage2, "gptq_intra_max_cols": gptq.intra_max_cols, "noise": noise,
         "output_candidates": args.output_noise_candidates if noise == "output" else None,
-        "output_rows": (rows or None) if noise == "output" else None,
+        "output_rows": rows if noise == "output" else None,
         "menu": list(pcfg.menu), "score_floor": args.score_floor,
         "gptq_intra_group": gptq.intra_group, "stage2_choices": res.plan.meta.get("stage2_choices"),
         "budget_bpw": args.bpw, "device": args.device,

@@ -120,6 +120,18 @@ def default_noise(method: str, stage2: str) -> str:
     return "output" if method == "actquant" and stage2 == "best" else "bits"
 
 
+def product_defaults(method: str, compensate: str = "none", *, stage2: str | None = None, noise: str | None = None,
+                     menu=None, output_rows: int | None = None) -> dict:
+    """What ``actquant quantize`` runs with for the settings not given (None / empty): ``stage2``
+    (``default_stage2``), ``noise`` (``default_noise`` of that stage 2), ``menu`` (``default_menu``) and
+    ``output_rows`` (``DEFAULT_OUTPUT_ROWS``; 0 = every row, returned as None).  One resolution for the CLI,
+    the quantizer node and the benches, so they cannot drift apart; the keys are ``PipelineConfig`` fields."""
+    stage2 = stage2 or default_stage2(method, compensate)
+    return {"stage2": stage2, "noise": noise or default_noise(method, stage2),
+            "menu": tuple(menu) if menu else default_menu(method),
+            "output_rows": (DEFAULT_OUTPUT_ROWS if output_rows is None else output_rows) or None}
+
+
 #: Types with 32-weight blocks that a tensor whose row length is not a multiple of 256 falls back to
 #: (llama.cpp's ``llama-quant.cpp`` does the same kind of substitution and counts it).  Only Q8_0 by
 #: default because the native module quantizes Q8_0 but not (yet) Q4_0 / Q5_0 / IQ4_NL; pass

@@ -116,3 +116,20 @@ def test_quantize_with_plan_passes_the_right_importance():
     assert seen[plan.type_map()["blk.0.k"], (128, 512)] == (512,)  # per-column activation
     with pytest.raises(KeyError, match="importance"):
         quantize_with_plan(plan, weights, fake, activation_importance=act)
+
+
+def test_product_defaults_resolve_what_is_not_given():
+    """One resolution of actquant quantize's defaults (CLI, quantizer node, benches, demo cache key)."""
+    from actquant_core.quant.types import (DEFAULT_MENU, DEFAULT_OUTPUT_ROWS, IQ2_FLOOR_MENU, product_defaults)
+
+    d = product_defaults("actquant")
+    assert d == {"stage2": "best", "noise": "output", "menu": IQ2_FLOOR_MENU, "output_rows": DEFAULT_OUTPUT_ROWS}
+    # compensation keeps the paper's stage 2, and then the paper's noise model
+    assert product_defaults("actquant", "gptq")["stage2"] == "fisher"
+    assert product_defaults("actquant", "gptq")["noise"] == "bits"
+    assert product_defaults("actquant", stage2="plain")["noise"] == "bits"
+    assert product_defaults("rtn") == {"stage2": "fisher", "noise": "bits", "menu": DEFAULT_MENU,
+                                       "output_rows": DEFAULT_OUTPUT_ROWS}
+    # given values win; 0 rows means every row (None)
+    g = product_defaults("actquant", stage2="fisher", noise="measured", menu=["Q4_K"], output_rows=0)
+    assert g == {"stage2": "fisher", "noise": "measured", "menu": ("Q4_K",), "output_rows": None}
