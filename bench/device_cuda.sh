@@ -48,7 +48,7 @@ case "${1:-}" in
     build || exit 1
     nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
     timeout ${LIMIT_S:-540} python3 bench/pi05_latency.py --preset pi05 --device cuda --threads 16 --reps 10 \
-      --types ${TYPES:-bf16,q8_0,q4_K,q3_K,q2_K} --torch-dtypes bfloat16 --kernel-profile ${LAT_ARGS:-} \
+      --types ${TYPES:-bf16,f16,q8_0,q4_K,q3_K,q2_K} --torch-dtypes bfloat16 --kernel-profile ${LAT_ARGS:-} \
       --out "$OUT/${LAT_NAME:-pi05_latency_real_cuda.json}" 2>&1 \
       | grep -v -i "warn" ;;
   pipeline)

@@ -1,5 +1,6 @@
 #include "backend.h"
 
+#include <cstdlib>
 #include <sstream>
 
 #include "errors.h"
@@ -41,6 +42,13 @@ Backend::Backend(const backend_params & params) : n_threads_(params.n_threads) {
         if (dev < 0 || dev >= ggml_backend_cuda_get_device_count()) {
             throw Error("device '" + params.device + "': CUDA device not present (" +
                         std::to_string(ggml_backend_cuda_get_device_count()) + " found)");
+        }
+        // F16 weights: GGML's cuBLAS path on Volta+ otherwise multiplies with FP16 accumulation into an FP16
+        // result and converts that to F32 afterwards (one more kernel per matmul, and an FP16 sum over up to
+        // 16k products). Ask for F32 accumulation written as F32 directly, unless the user chose a compute type
+        // (GGML reads this once per process, at its first cuBLAS matmul). BF16 weights always accumulate in F32.
+        if (std::getenv("GGML_CUDA_FORCE_CUBLAS_COMPUTE_16F") == nullptr) {
+            setenv("GGML_CUDA_FORCE_CUBLAS_COMPUTE_32F", "1", 0);
         }
         ggml_backend_t gpu = ggml_backend_cuda_init(dev);
         if (gpu == nullptr) throw Error("device '" + params.device + "': ggml_backend_cuda_init failed");

@@ -393,3 +393,24 @@ def test_graph_lines_up_every_adarms_for_fusion(tiny):
     n_ada = cfg.num_steps * (2 * cfg.expert_depth + 1)
     assert st["rms_norm_mul_add"] == n_ada
     assert st["RMS_NORM"] >= n_ada and st["nodes"] > st["RMS_NORM"]
+
+
+@pytest.mark.gpu
+def test_cuda_f16_weights_accumulate_in_f32(tmp_path):
+    """A CUDA backend asks GGML for F32 cuBLAS accumulation (F16 weights would otherwise be multiplied with FP16
+    sums into an FP16 result), and pi05-small with F16 weights then matches the CPU run."""
+    import ctypes
+
+    if not native.has_cuda() or native.native_module().cuda_device_count() < 1:
+        pytest.skip("this build has no CUDA backend or no CUDA device is present")
+    native.Backend(2, "cuda")
+    libc = ctypes.CDLL(None)
+    libc.getenv.restype = ctypes.c_char_p
+    assert libc.getenv(b"GGML_CUDA_FORCE_CUBLAS_COMPUTE_32F") == b"1"
+    cfg = get_preset("pi05-small")
+    model = Pi05Model(cfg).init_random(3).eval()
+    f16 = tmp_path / "small-f16.gguf"
+    export_pi05(model, f16, type_for=default_type_for("F16"), tokenizer_model=SentencePieceTokenizer.small().model_bytes)
+    cpu_rt, gpu_rt = Pi05Runtime(f16, n_threads=2), Pi05Runtime(f16, n_threads=2, device="cuda")
+    inp, noise = _inputs(cpu_rt, cfg)
+    assert _rel(gpu_rt.infer_model_inputs(inp, noise)[0], cpu_rt.infer_model_inputs(inp, noise)[0]) < TOL_CUDA_F32
