@@ -111,6 +111,9 @@ def main() -> int:
     ap.add_argument("--flash", default="",
                     help="ACTQUANT_FLASH_ATTN settings to run each type under, e.g. gpu,0 (rows of 0 are keyed "
                          "<type>@noflash, of all <type>@flashall); default: the environment's")
+    ap.add_argument("--stage-timing", default="on",
+                    help="per-stage timing to run each type with: on, off or on,off (off rows are keyed <type>@onepiece: "
+                         "the graph in one piece, no stage synchronisation)")
     ap.add_argument("--kernel-profile", action="store_true",
                     help="CUDA: after timing, record one chunk's GPU kernels with torch.profiler (CUPTI sees every "
                          "kernel of the process, GGML's included) and save the kernel count, GPU time and the top kernels")
@@ -146,16 +149,20 @@ def main() -> int:
                            tokenizer_model=tok.model_bytes, n_threads=args.threads)
             write_s = time.perf_counter() - t0
             flash_modes = [f for f in args.flash.split(",") if f] or [None]
-            for mode, flash in [(m, f) for m in args.repack.split(",") if m for f in flash_modes]:
-                if mode not in ("on", "off"):
-                    raise SystemExit(f"--repack: expected on/off, got {mode!r}")
+            runs = [(m, f, st) for m in args.repack.split(",") if m for f in flash_modes
+                    for st in args.stage_timing.split(",") if st]
+            for mode, flash, stage in runs:
+                if mode not in ("on", "off") or stage not in ("on", "off"):
+                    raise SystemExit(f"--repack / --stage-timing: expected on/off, got {mode!r} / {stage!r}")
                 if flash is not None:
                     os.environ["ACTQUANT_FLASH_ATTN"] = flash  # read when the runtime builds its graph
-                key = (t if mode == "on" else f"{t}@mapped") + {"0": "@noflash", "all": "@flashall"}.get(flash, "")
+                key = ((t if mode == "on" else f"{t}@mapped") + {"0": "@noflash", "all": "@flashall"}.get(flash, "")
+                       + ("@onepiece" if stage == "off" else ""))
                 gc.collect()
                 rss0 = rss_mb()
                 try:
-                    rt = Pi05Runtime(path, n_threads=args.threads, device=args.device, repack=mode == "on")
+                    rt = Pi05Runtime(path, n_threads=args.threads, device=args.device, repack=mode == "on",
+                                     stage_timing=stage == "on")
                     chunk = rt.infer(obs, noise=noise)
                 except Exception as e:  # one type the backend cannot run must not lose the others' numbers
                     results["native"][key] = {"error": f"{type(e).__name__}: {e}"}
@@ -171,7 +178,7 @@ def main() -> int:
                     "file_mb": path.stat().st_size / 1e6, "write_s": write_s, "backend": rt.backend,
                     "latency_ms_p50": 1e3 * float(np.median(times)), "latency_ms_min": 1e3 * float(np.min(times)),
                     "stages_ms": chunk.timing_ms, "rss_growth_mb": rss1 - rss0,
-                    "flash_attn": os.environ.get("ACTQUANT_FLASH_ATTN", "gpu"),
+                    "flash_attn": os.environ.get("ACTQUANT_FLASH_ATTN", "gpu"), "stage_timing": stage == "on",
                 }
                 print(f"native {key:12s} {r['file_mb']:8.1f} MB  {r['latency_ms_p50']:9.1f} ms/chunk"
                       f"  (+{rss1 - rss0:.0f} MB RSS, {rt.backend})", flush=True)

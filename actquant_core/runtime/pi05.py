@@ -35,6 +35,9 @@ class Pi05Runtime(NativeHandle):
         seed: seed of the flow-matching noise (one generator per runtime: reproducible call sequences).
         repack: CPU only: convert the weights GGML has interleaved GEMM kernels for at load (see
             ``native.Backend``); False runs from the memory-mapped file.
+        stage_timing: report "vision", "prefix" and "denoise" in each chunk's timing (default).  False runs the
+            native graph in one piece (on CUDA one CUDA graph instead of three, with no synchronisation between
+            the stages); the timing then has "compute" and "total" only.
     """
 
     family = C.PI05_FAMILY
@@ -48,6 +51,7 @@ class Pi05Runtime(NativeHandle):
         tokenizer_path: str | os.PathLike[str] | None = None,
         seed: int = 0,
         repack: bool = True,
+        stage_timing: bool = True,
     ) -> None:
         self.path = os.fspath(gguf_path)
         hdr = read_policy_header(self.path, C.PI05_FAMILY, Pi05Config, NormStats, tokenizer_path, "PaliGemma")
@@ -57,6 +61,7 @@ class Pi05Runtime(NativeHandle):
         self._rt = native.native_module().Pi05Runtime(
             self.path, self.config.native_hparams(), n_threads or native.default_threads(), device, repack
         )
+        self._rt.stage_timing = bool(stage_timing)
         self._rng = np.random.default_rng(seed)
         log.info("pi05 runtime: %s on %s (%.1f MB)", self.path, self._rt.backend, self.file_size / 1e6)
 

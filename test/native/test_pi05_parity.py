@@ -414,3 +414,17 @@ def test_cuda_f16_weights_accumulate_in_f32(tmp_path):
     cpu_rt, gpu_rt = Pi05Runtime(f16, n_threads=2), Pi05Runtime(f16, n_threads=2, device="cuda")
     inp, noise = _inputs(cpu_rt, cfg)
     assert _rel(gpu_rt.infer_model_inputs(inp, noise)[0], cpu_rt.infer_model_inputs(inp, noise)[0]) < TOL_CUDA_F32
+
+
+def test_stage_timing_off_runs_the_same_graph_in_one_piece(tiny):
+    """Without stage timing the scheduler does not stop at the stage marks: the same actions, bit for bit, and a
+    timing without the per-stage entries (which the default reports)."""
+    cfg, _, path = tiny
+    on, off = Pi05Runtime(path, n_threads=2), Pi05Runtime(path, n_threads=2, stage_timing=False)
+    inp, noise = _inputs(on, cfg)
+    a_on, t_on, _ = on.infer_model_inputs(inp, noise)
+    for _ in range(2):  # the first call builds the graph, the second reuses it
+        a_off, t_off, _ = off.infer_model_inputs(inp, noise)
+        np.testing.assert_array_equal(a_off, a_on)
+    assert {"vision", "prefix", "denoise"} <= set(t_on) and not {"vision", "prefix", "denoise"} & set(t_off)
+    assert t_off["compute"] > 0 and t_off["total"] >= t_off["compute"]

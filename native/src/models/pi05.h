@@ -58,6 +58,10 @@ public:
 
     // collect: names of intermediates to return (empty = none). Throws Error for bad inputs.
     pi05_outputs infer(const pi05_inputs & in, const std::vector<std::string> & collect);
+    // Per-stage timing ("vision", "prefix", "denoise" in timing_ms; on by default): off runs the graph in one
+    // piece, without the scheduler stopping at the stage marks.
+    void set_stage_timing(bool on) { stage_timing_ = on; }
+    bool stage_timing() const { return stage_timing_; }
     // layer_graph_stats of the cached graph (built by a call without intermediates); empty before one.
     std::map<std::string, int64_t> graph_stats() const;
 
@@ -66,6 +70,7 @@ private:
     std::unique_ptr<Backend> backend_;
     std::unique_ptr<GgufModel> model_;
     std::unique_ptr<Pi05Graph> cache_;  // last graph without collected intermediates, allocated on backend_
+    bool stage_timing_ = true;
     void validate_tensors() const;
 };
 

@@ -183,6 +183,8 @@ void register_models(py::module_ & m) {
         .def_property_readonly("weights_nbytes", [](const Pi05Runtime & r) { return r.model().weights_nbytes(); })
         .def_property_readonly("fused_weights", [](const Pi05Runtime & r) { return r.model().fused_names(); })
         .def_property_readonly("host_resident", [](const Pi05Runtime & r) { return r.model().host_resident(); })
+        .def_property("stage_timing", &Pi05Runtime::stage_timing, &Pi05Runtime::set_stage_timing,
+                      "per-stage timing (vision / prefix / denoise); off runs the graph in one piece")
         .def("graph_stats", &Pi05Runtime::graph_stats,
              "op counts of the cached graph (after a call without intermediates; empty before)")
         .def(
