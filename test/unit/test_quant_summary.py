@@ -41,6 +41,12 @@ def test_target_met_only_when_default_beats_every_baseline_at_judged_bpw(tmp_pat
     assert s["target_met"]
     b2 = _table(tmp_path / "b2.json", [_row("generic", "generic", 3.5, 0.009)])
     assert not qs.summarize_family("f", (d, "r128"), [b, b2])["target_met"]
+    # a baseline recorded in two tables is judged by its better row, whichever table comes first
+    b3 = _table(tmp_path / "b3.json", [_row("gptq", "gptq", 3.5, 0.008)])
+    for order in ([b, b3], [b3, b]):
+        s3 = qs.summarize_family("f", (d, "r128"), order)
+        r3 = next(r for r in s3["rows"] if r["bpw"] == 3.5)
+        assert r3["baselines"]["gptq"]["l1"] == 0.008 and not s3["target_met"]
 
 
 def test_tables_of_different_calibrations_are_refused(tmp_path):
