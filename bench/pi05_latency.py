@@ -114,6 +114,9 @@ def main() -> int:
     ap.add_argument("--stage-timing", default="on",
                     help="per-stage timing to run each type with: on, off or on,off (off rows are keyed <type>@onepiece: "
                          "the graph in one piece, no stage synchronisation)")
+    ap.add_argument("--op-profile", action="store_true",
+                    help="after timing, one call with the native per-op profile (Pi05Runtime.profile_ops: one node at "
+                         "a time, so its sum exceeds the chunk's time): ms and node count per GGML op")
     ap.add_argument("--kernel-profile", action="store_true",
                     help="CUDA: after timing, record one chunk's GPU kernels with torch.profiler (CUPTI sees every "
                          "kernel of the process, GGML's included) and save the kernel count, GPU time and the top kernels")
@@ -182,6 +185,11 @@ def main() -> int:
                 }
                 print(f"native {key:12s} {r['file_mb']:8.1f} MB  {r['latency_ms_p50']:9.1f} ms/chunk"
                       f"  (+{rss1 - rss0:.0f} MB RSS, {rt.backend})", flush=True)
+                if args.op_profile:
+                    prof = rt.profile_ops(rt.preprocessor(obs.images, obs.state, obs.instruction), noise)
+                    r["op_profile"] = {op: {"ms": ms, "nodes": n} for op, (ms, n) in prof.items()}
+                    print(f"  ops ({sum(ms for ms, _ in prof.values()):.0f} ms one node at a time): "
+                          + "; ".join(f"{op} {ms:.0f} ms x{n}" for op, (ms, n) in list(prof.items())[:8]), flush=True)
                 if args.kernel_profile and args.device.startswith("cuda"):
                     r["kernels"] = kernel_profile(lambda: rt.infer(obs, noise=noise))
                     k = r["kernels"]

@@ -70,6 +70,18 @@ class Pi05Runtime(NativeHandle):
         sequences the CUDA backend fuses); empty until a call without intermediates has built it."""
         return dict(self._rt.graph_stats())
 
+    def profile_ops(self, inputs: Pi05Inputs, noise: np.ndarray | None = None) -> dict[str, tuple[float, int]]:
+        """One native call with the per-op profile on: ``op -> (ms, nodes)``, slowest first.  The graph runs one
+        node at a time (each synchronised), so the sum exceeds a normal call's compute time by that overhead; it
+        says where the time goes, not how long a chunk takes."""
+        self._rt.op_profile = True
+        try:
+            _, timing, _ = self.infer_model_inputs(inputs, noise)
+        finally:
+            self._rt.op_profile = False
+        ops = {k[3:]: (v, int(timing["op_n:" + k[3:]])) for k, v in timing.items() if k.startswith("op:")}
+        return dict(sorted(ops.items(), key=lambda kv: -kv[1][0]))
+
     def reseed(self, seed: int | np.random.SeedSequence) -> None:
         """Restart the noise stream (the flow-matching start noise of every later call) from ``seed``."""
         self._rng = np.random.default_rng(seed)

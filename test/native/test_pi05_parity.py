@@ -428,3 +428,20 @@ def test_stage_timing_off_runs_the_same_graph_in_one_piece(tiny):
         np.testing.assert_array_equal(a_off, a_on)
     assert {"vision", "prefix", "denoise"} <= set(t_on) and not {"vision", "prefix", "denoise"} & set(t_off)
     assert t_off["compute"] > 0 and t_off["total"] >= t_off["compute"]
+
+
+def test_op_profile_accounts_for_every_compute_node(tiny):
+    """The per-op profile runs every compute node of the cached graph once (node counts equal graph_stats'),
+    its times are positive and sum to about the call's compute time, and the actions are those of a normal call."""
+    cfg, _, path = tiny
+    rt = Pi05Runtime(path, n_threads=2)
+    inp, noise = _inputs(rt, cfg)
+    a0, _, _ = rt.infer_model_inputs(inp, noise)
+    stats = rt.graph_stats()
+    prof = rt.profile_ops(inp, noise)
+    assert {op: n for op, (_, n) in prof.items()} == {k: v for k, v in stats.items()
+                                                       if k not in ("nodes", "rms_norm_mul_add")}
+    assert all(ms >= 0 for ms, _ in prof.values()) and sum(ms for ms, _ in prof.values()) > 0
+    a1, t1, _ = rt.infer_model_inputs(inp, noise)  # profile off again: stage timing back, same actions
+    np.testing.assert_array_equal(a1, a0)
+    assert "denoise" in t1 and not any(k.startswith("op:") for k in t1)

@@ -27,7 +27,7 @@ ggml_tensor * layer_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, g
 ggml_tensor * layer_rms_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, float eps);
 
 // gelu_pytorch_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-// native = false: composed exactly from f32 ops (7 nodes); the CPU backend's ggml_gelu goes through an FP16
+// native = false: composed exactly from f32 ops (5 nodes, silu(x a) / a with a = 2k (1 + 0.044715 x^2)); the CPU backend's ggml_gelu goes through an FP16
 // table, ~2.4e-4 relative per element (see reference ggml.md). native = true: one GGML GELU node, for backends
 // that evaluate it in f32 with the same formula (CUDA: ggml_cuda_op_gelu_single) -- pass Backend::is_gpu().
 ggml_tensor * layer_gelu_tanh(ggml_context * ctx, ggml_tensor * x, bool native = false);
@@ -83,6 +83,17 @@ struct layer_stage_timer {
     std::map<std::string, double> at_ms;
 };
 bool layer_stage_cb(ggml_tensor * t, bool ask, void * user);
+
+// Per-op profile: Backend::set_eval_callback(layer_op_profile_cb, &prof) with prof.t_last = the compute start.
+// The scheduler then runs (and synchronises) one compute node at a time -- a diagnostic mode, slower than a
+// normal call -- and ms[op] / count[op] sum each op's wall time (ggml_op_desc: unary and GLU ops by name; view
+// nodes run with the next compute node and count as it).
+struct layer_op_profile {
+    std::chrono::steady_clock::time_point t_last;
+    std::map<std::string, double> ms;
+    std::map<std::string, int64_t> count;
+};
+bool layer_op_profile_cb(ggml_tensor * t, bool ask, void * user);
 
 // After compute: copies each kept intermediate named in `names` to host (numpy order, row-major data and shape).
 // Throws Error "<family>: unknown intermediate '<name>'" for a name that is no kept graph output.

@@ -348,9 +348,13 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
     st.t0 = clk::now();
     // Stage marks need the scheduler to stop at them (three graph pieces, each synchronised; on CUDA three CUDA
     // graphs): without them the whole graph goes to the backend in one piece.
-    if (stage_timing_) backend_->set_eval_callback(layer_stage_cb, &st);
+    layer_op_profile prof;
+    prof.t_last = st.t0;
+    const bool stages = stage_timing_ && !op_profile_;
+    if (op_profile_) backend_->set_eval_callback(layer_op_profile_cb, &prof);
+    else if (stages) backend_->set_eval_callback(layer_stage_cb, &st);
     backend_->run(gf);
-    if (stage_timing_) backend_->set_eval_callback(nullptr, nullptr);
+    if (op_profile_ || stages) backend_->set_eval_callback(nullptr, nullptr);
     const double compute_ms = ms_since(st.t0);
 
     pi05_outputs out;
@@ -362,7 +366,11 @@ pi05_outputs Pi05Runtime::infer(const pi05_inputs & in, const std::vector<std::s
     out.timing_ms["alloc"] = alloc_ms;
     const double t_vis = st.at_ms.count("vision") ? st.at_ms["vision"] : 0.0;
     const double t_pre = st.at_ms.count("prefix") ? st.at_ms["prefix"] : t_vis;
-    if (stage_timing_) {
+    for (const auto & [op, ms] : prof.ms) {
+        out.timing_ms["op:" + op] = ms;
+        out.timing_ms["op_n:" + op] = (double) prof.count[op];
+    }
+    if (stages) {
         out.timing_ms["vision"] = t_vis;
         out.timing_ms["prefix"] = t_pre - t_vis;
         out.timing_ms["denoise"] = compute_ms - t_pre;

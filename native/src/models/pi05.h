@@ -62,6 +62,10 @@ public:
     // piece, without the scheduler stopping at the stage marks.
     void set_stage_timing(bool on) { stage_timing_ = on; }
     bool stage_timing() const { return stage_timing_; }
+    // Per-op profile (off by default): timing_ms gets "op:<OP>" (ms) and "op_n:<OP>" (nodes) of each call, from
+    // running one node at a time (layer_op_profile_cb); replaces the stage timing while on.
+    void set_op_profile(bool on) { op_profile_ = on; }
+    bool op_profile() const { return op_profile_; }
     // layer_graph_stats of the cached graph (built by a call without intermediates); empty before one.
     std::map<std::string, int64_t> graph_stats() const;
 
@@ -71,6 +75,7 @@ private:
     std::unique_ptr<GgufModel> model_;
     std::unique_ptr<Pi05Graph> cache_;  // last graph without collected intermediates, allocated on backend_
     bool stage_timing_ = true;
+    bool op_profile_ = false;
     void validate_tensors() const;
 };
 

@@ -185,6 +185,8 @@ void register_models(py::module_ & m) {
         .def_property_readonly("host_resident", [](const Pi05Runtime & r) { return r.model().host_resident(); })
         .def_property("stage_timing", &Pi05Runtime::stage_timing, &Pi05Runtime::set_stage_timing,
                       "per-stage timing (vision / prefix / denoise); off runs the graph in one piece")
+        .def_property("op_profile", &Pi05Runtime::op_profile, &Pi05Runtime::set_op_profile,
+                      "per-op profile in each call's timing (op:<OP> ms, op_n:<OP> nodes); one node at a time")
         .def("graph_stats", &Pi05Runtime::graph_stats,
              "op counts of the cached graph (after a call without intermediates; empty before)")
         .def(
